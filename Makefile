@@ -1,0 +1,33 @@
+# Two entry points: `make serve` and `make test`. Both create .venv and install idempotently.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 3000
+PIPELINE ?= loans
+PYTEST_ARGS ?=
+
+.PHONY: install serve test lint unit
+
+# torch first, pinned: the CPU wheel on local disk; an open range would pull a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(BIN)/trainers train $(PIPELINE) --unless-champion
+	GATEWAY_PIPELINE=$(PIPELINE) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml serve --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""Bento services: thin wiring of gateway pieces."""

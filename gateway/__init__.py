@@ -1,0 +1,1 @@
+"""Serving runtime: load a registered pipeline and answer business objects over HTTP."""

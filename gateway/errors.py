@@ -1,0 +1,42 @@
+"""One error type for everything the gateway refuses, carrying its HTTP status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    status_code = 500
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class BadRequest(GatewayError):
+    """The body is not JSON, or not a JSON object."""
+
+    status_code = 400
+
+
+class UnsupportedMediaType(GatewayError):
+    status_code = 415
+
+
+class InvalidInput(GatewayError):
+    """The JSON does not describe a valid business object; ``details`` name each field."""
+
+    status_code = 422
+
+
+class ModelUnavailable(GatewayError):
+    """No model could be loaded (yet)."""
+
+    status_code = 503

@@ -1,0 +1,1 @@
+"""Training with lineage: pipelines, snapshots, MLflow logging, registry gate, the CLI."""
