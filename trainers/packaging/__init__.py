@@ -13,7 +13,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc.model import PythonModel
 from mlflow.types import ColSpec, DataType, Schema
 from pydantic import BaseModel
 
@@ -25,7 +25,7 @@ MODEL_CODE = Path(__file__).with_name("model_code.py")
 PREDICTOR_ARTIFACT = "predictor"
 
 
-class PipelineModel(PythonModel):  # type: ignore[misc]
+class PipelineModel(PythonModel):
     """Loads a pipeline's predictor from the model's artifacts; predicts frames of inputs."""
 
     pipeline: Pipeline[Any, Any, Any]

@@ -1,0 +1,71 @@
+"""Test helpers: free ports, readiness polling, the CLI in-process, process groups."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import httpx
+from click.testing import CliRunner, Result
+
+from trainers.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``check`` until it is true; fail early if ``proc`` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: process exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            if check():
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not ready after {timeout:.0f} s")
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    return lambda: httpx.get(url, timeout=2).status_code == 200
+
+
+@contextlib.contextmanager
+def process(
+    args: Sequence[str], *, cwd: Path, env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``args`` in its own process group; stop the whole group on exit."""
+    full_env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **env}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            list(args), cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def cli(uri: str, *args: str) -> Result:
+    """Run ``trainers`` in-process against the store at ``uri``."""
+    return CliRunner().invoke(main, ["--tracking-uri", uri, *args], catch_exceptions=False)
