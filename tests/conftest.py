@@ -9,8 +9,16 @@ from trainers import pipelines
 from trainers.snapshots import write_snapshot
 
 TINY_REVIEWS = [
-    "--param", "d_model=16", "--param", "n_heads=2", "--param", "n_layers=1",
-    "--param", "d_ff=32", "--param", "epochs=2",
+    "--param",
+    "d_model=16",
+    "--param",
+    "n_heads=2",
+    "--param",
+    "n_layers=1",
+    "--param",
+    "d_ff=32",
+    "--param",
+    "epochs=2",
 ]
 FAST_LOANS = ["--param", "epochs=4"]
 

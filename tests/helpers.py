@@ -26,7 +26,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
     """Poll ``check`` until it is true; fail early if ``proc`` dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -45,13 +50,28 @@ def http_ok(url: str) -> Callable[[], bool]:
 
 @contextlib.contextmanager
 def process(
-    args: Sequence[str], *, cwd: Path, env: dict[str, str], log: Path
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+    inherit_path: bool = True,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``args`` in its own process group; stop the whole group on exit."""
-    full_env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **env}
+    """Run ``args`` in its own process group; stop the whole group on exit.
+
+    With ``inherit_path`` the test virtualenv's ``bin`` leads ``PATH`` (servers spawn ``uvicorn``
+    and friends by name); otherwise ``env`` is the whole environment.
+    """
+    if inherit_path:
+        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **env}
+    full_env = env
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            list(args), cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+            list(args),
+            cwd=cwd,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:

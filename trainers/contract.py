@@ -193,7 +193,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """What a snapshot column must hold (``integer``, ``number`` or ``string``), its choices and
+    """What a snapshot column must hold (``integer``, ``number``, ``boolean`` or ``string``), its
+    choices and
     whether it may be missing."""
 
     kind: str
@@ -211,6 +212,10 @@ class ColumnSpec:
             )
         if self.kind == "integer" and not (present % 1 == 0).all():
             raise DataError(f"{source}: column {column!r} has fractions, expected whole numbers")
+        if self.kind == "boolean" and not pd.api.types.is_bool_dtype(present):
+            raise DataError(
+                f"{source}: column {column!r} has type {series.dtype}, expected true/false"
+            )
         if self.kind == "string" and not all(isinstance(v, str) for v in present):
             raise DataError(f"{source}: column {column!r} has type {series.dtype}, expected text")
         if self.choices:
@@ -238,6 +243,8 @@ def _column_spec(annotation: Any) -> ColumnSpec:
     if origin is typing.Literal:
         kinds = {_column_spec(type(a)).kind for a in args}
         return ColumnSpec(kinds.pop() if len(kinds) == 1 else "string", False, tuple(args))
+    if annotation is bool:
+        return ColumnSpec("boolean", False)
     if annotation is int:
         return ColumnSpec("integer", False)
     if annotation is float:

@@ -38,13 +38,19 @@ def snapshot_with(tmp_path: Path, change: str) -> Path:
     ("args", "expected"),
     [
         (["train", "mortgages"], ["unknown pipeline 'mortgages'", "loans", "reviews"]),
-        (["train", "loans", "--param", "depth=3"],
-         ["unknown param(s) ['depth']", "valid params:", "hidden_units", "epochs"]),
+        (
+            ["train", "loans", "--param", "depth=3"],
+            ["unknown param(s) ['depth']", "valid params:", "hidden_units", "epochs"],
+        ),
         (["train", "loans", "--param", "epochs=many"], ["epochs", "valid integer", "'many'"]),
-        (["train", "loans", "--param", "approve_below=0.5"],
-         ["approve_below must be lower than decline_above"]),
-        (["train", "loans", "--data", "nowhere/loans.parquet"],
-         ["data file not found", "nowhere/loans.parquet"]),
+        (
+            ["train", "loans", "--param", "approve_below=0.5"],
+            ["approve_below must be lower than decline_above"],
+        ),
+        (
+            ["train", "loans", "--data", "nowhere/loans.parquet"],
+            ["data file not found", "nowhere/loans.parquet"],
+        ),
         (["lineage", "loans@champion"], ["no alias 'champion'"]),
         (["rollback", "loans"], ["no champion to roll back"]),
     ],
@@ -102,8 +108,9 @@ def test_failed_logging_marks_run_failed_and_leaves_no_version(
 
 def test_data_command_writes_a_valid_snapshot(store: str, tmp_path: Path) -> None:
     out = tmp_path / "reviews.parquet"
-    result = cli(store, "data", "reviews", "--out", str(out), "--rows", "50", "--shift", "1",
-                 "--seed", "4")
+    result = cli(
+        store, "data", "reviews", "--out", str(out), "--rows", "50", "--shift", "1", "--seed", "4"
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
     assert len(frame) == 50 and set(frame.columns) == {"text", "title", "sentiment"}

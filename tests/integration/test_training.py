@@ -43,23 +43,41 @@ def champion(uri: str, name: str) -> str:
             "loans",
             FAST_LOANS,
             [
-                {"income": 52000, "age": 34, "loan_amount": 12000, "term_months": 36,
-                 "employment_status": "employed", "purpose": "car"},
-                {"income": 9000, "age": 22, "loan_amount": 30000, "term_months": 60,
-                 "employment_status": "unemployed", "purpose": "business",
-                 "existing_debt": 20000, "credit_history_years": 1.5},
+                {
+                    "income": 52000,
+                    "age": 34,
+                    "loan_amount": 12000,
+                    "term_months": 36,
+                    "employment_status": "employed",
+                    "purpose": "car",
+                },
+                {
+                    "income": 9000,
+                    "age": 22,
+                    "loan_amount": 30000,
+                    "term_months": 60,
+                    "employment_status": "unemployed",
+                    "purpose": "business",
+                    "existing_debt": 20000,
+                    "credit_history_years": 1.5,
+                },
             ],
         ),
         (
             "reviews",
             TINY_REVIEWS,
-            [{"text": "the acting was superb and the plot gripping", "title": "loved it"},
-             {"text": "boring, predictable and far too long"}],
+            [
+                {"text": "the acting was superb and the plot gripping", "title": "loved it"},
+                {"text": "boring, predictable and far too long"},
+            ],
         ),
     ],
 )
 def test_train_register_load_predict(
-    store: str, request: pytest.FixtureRequest, name: str, extra: list[str],
+    store: str,
+    request: pytest.FixtureRequest,
+    name: str,
+    extra: list[str],
     objects: list[dict[str, Any]],
 ) -> None:
     data = request.getfixturevalue(f"{name}_data")
@@ -74,8 +92,11 @@ def test_train_register_load_predict(
     assert [type(a) for a in answers] == [pipeline.Output] * len(objects)
 
     # MLflow's schema enforcement refuses int64 for double columns: send what the signature says
-    doubles = {c.name: "float64" for c in model.metadata.get_input_schema().inputs
-               if c.type.name == "double" and c.name in pd.DataFrame(objects)}
+    doubles = {
+        c.name: "float64"
+        for c in model.metadata.get_input_schema().inputs
+        if c.type.name == "double" and c.name in pd.DataFrame(objects)
+    }
     frame = model.predict(pd.DataFrame(objects).astype(doubles))
     assert list(frame.columns) == list(pipeline.Output.model_fields)
     assert frame.to_dict("records") == [a.model_dump() for a in answers]
@@ -154,8 +175,16 @@ def test_retrain_chain_names_parents_and_triggers(
     first = lineage_json(store, "loans/1")["run"]
     shifted = make_snapshot(snapshots, "loans", 2000, shift=0.5, seed=3)
 
-    result = cli(store, "retrain", "--from-run", first["run_id"], "--data", str(shifted),
-                 "--trigger", "alert:drift-1")
+    result = cli(
+        store,
+        "retrain",
+        "--from-run",
+        first["run_id"],
+        "--data",
+        str(shifted),
+        "--trigger",
+        "alert:drift-1",
+    )
     assert result.exit_code == 0, result.output
     second = lineage_json(store, "loans/2")["run"]
     assert second["parent_run_id"] == first["run_id"]
@@ -188,7 +217,8 @@ def test_gate_rejects_worse_challenger_and_rollback(store: str, loans_data: Path
     assert v2.tags["gate.decision"] == "rejected"
     assert v2.tags["gate.champion_version"] == "1"
     champion_score, challenger_score = (
-        float(v2.tags["gate.champion_score"]), float(v2.tags["gate.challenger_score"])
+        float(v2.tags["gate.champion_score"]),
+        float(v2.tags["gate.challenger_score"]),
     )
     assert challenger_score < champion_score
     run = client.get_run(v2.run_id)

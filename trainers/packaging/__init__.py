@@ -58,7 +58,12 @@ def _field_names(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
-_MLFLOW_TYPES = {"string": DataType.string, "integer": DataType.long, "number": DataType.double}
+_MLFLOW_TYPES = {
+    "string": DataType.string,
+    "integer": DataType.long,
+    "number": DataType.double,
+    "boolean": DataType.boolean,
+}
 
 
 def _schema(model: type[BaseModel]) -> Schema:

@@ -1,0 +1,51 @@
+"""The README's promise: on a fresh clone, `make serve` trains and serves, and the documented
+`curl` request gets an answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import REPO, free_port, http_ok, process, wait_until
+
+
+def documented_request() -> tuple[str, dict[str, object]]:
+    """The path and JSON body of the README's `curl` example."""
+    readme = (REPO / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("curl "))
+    words = shlex.split(line)
+    url = next(w for w in words if "localhost:3000" in w)
+    body = json.loads(words[words.index("-d") + 1])
+    return re.sub(r"^localhost:3000", "", url), body
+
+
+@pytest.mark.e2e
+def test_make_serve_on_a_fresh_clone(tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "MLFLOW_TRACKING_URI"}}
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO))
+    )
+    log = tmp_path / "make-serve.log"
+    with process(
+        ["make", "serve", f"PORT={port}"], cwd=clone, env=env, log=log, inherit_path=False
+    ) as proc:
+        wait_until(http_ok(f"http://127.0.0.1:{port}/readyz"), 900, "make serve", proc)
+        path, body = documented_request()
+        response = httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["model_name"] == "loans" and answer["model_version"] == "1"
+    assert answer["prediction"]["decision"] in {"approve", "review", "decline"}
+    assert 0.0 <= answer["prediction"]["default_probability"] <= 1.0
+    assert (clone / ".venv" / "bin" / "trainers").exists()
+    assert (clone / "mlflow.db").exists()
