@@ -320,7 +320,9 @@ def runs(ctx: click.Context, name: str, limit: int) -> None:
     type=click.Path(path_type=Path),
     help="Parquet file to write.",
 )
-@click.option("--rows", default=5000, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--rows", type=click.IntRange(min=1), help="Rows to generate (default: the pipeline's own)."
+)
 @click.option(
     "--shift",
     default=0.0,
@@ -329,9 +331,10 @@ def runs(ctx: click.Context, name: str, limit: int) -> None:
     help="0 = the reference population, 1 = fully drifted.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
-def data(name: str, out_path: Path, rows: int, shift: float, seed: int) -> None:
+def data(name: str, out_path: Path, rows: int | None, shift: float, seed: int) -> None:
     """Write a seeded demo snapshot of pipeline NAME."""
     pipeline = pipelines.get(name)
+    rows = rows or pipeline.default_rows
     frame = pipeline.generate(rows, shift, seed)
     meta = {"pipeline": name, "rows": rows, "shift": shift, "seed": seed}
     digest = write_snapshot(frame, out_path, meta)

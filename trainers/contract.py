@@ -83,6 +83,8 @@ class Pipeline(ABC, Generic[InputT, OutputT, ParamsT]):
     target: ClassVar[str]
     """The label column of a snapshot."""
     metric: ClassVar[Metric]
+    default_rows: ClassVar[int] = 5000
+    """Rows of the seeded demo snapshot ``trainers train NAME`` uses when no ``--data`` is given."""
 
     Input: type[InputT]
     Output: type[OutputT]

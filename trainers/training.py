@@ -79,16 +79,13 @@ def default_snapshot(pipeline: Pipeline[Any, Any, Any], directory: Path) -> Path
     """The pipeline's seeded demo snapshot (written on first use)."""
     path = directory / pipeline.name / f"{pipeline.name}-default.parquet"
     if not path.exists():
-        rows = DEFAULT_ROWS.get(pipeline.name, 5000)
+        rows = pipeline.default_rows
         write_snapshot(
             pipeline.generate(rows, 0.0, 0),
             path,
             {"pipeline": pipeline.name, "rows": rows, "shift": 0.0, "seed": 0},
         )
     return path
-
-
-DEFAULT_ROWS = {"loans": 8000, "reviews": 5000}
 
 
 def train(

@@ -44,7 +44,8 @@ def test_make_serve_on_a_fresh_clone(tmp_path: Path) -> None:
         response = httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=30)
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["model_name"] == "loans" and answer["model_version"] == "1"
+    assert answer["model_name"] == "loans"
+    assert answer["model_version"] == "1"
     assert answer["prediction"]["decision"] in {"approve", "review", "decline"}
     assert 0.0 <= answer["prediction"]["default_probability"] <= 1.0
     assert (clone / ".venv" / "bin" / "trainers").exists()

@@ -98,7 +98,9 @@ def test_failed_logging_marks_run_failed_and_leaves_no_version(
         cli(store, "train", "loans", "--data", str(loans_data), *FAST_LOANS)
 
     client = MlflowClient(store, store)
-    runs = client.search_runs([client.get_experiment_by_name("loans").experiment_id])
+    experiment = client.get_experiment_by_name("loans")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
     assert versions(store) == ["1"]
     assert str(client.get_model_version_by_alias("loans", "champion").version) == "1"
@@ -113,5 +115,6 @@ def test_data_command_writes_a_valid_snapshot(store: str, tmp_path: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
-    assert len(frame) == 50 and set(frame.columns) == {"text", "title", "sentiment"}
+    assert len(frame) == 50
+    assert set(frame.columns) == {"text", "title", "sentiment"}
     assert cli(store, "data", "reviews", "--out", str(out), "--shift", "2").exit_code == 2

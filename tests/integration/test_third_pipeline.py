@@ -3,7 +3,6 @@ without touching anything else."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,8 @@ EXTRA = Path(__file__).parents[1] / "fixtures" / "extra_pipelines"
 
 
 @pytest.fixture
-def with_thermostat(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def with_thermostat(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trainers.pipelines, "__path__", [*trainers.pipelines.__path__, str(EXTRA)])
-    yield
 
 
 def test_a_new_package_is_a_new_pipeline(with_thermostat: None, store: str, tmp_path: Path) -> None:
@@ -41,4 +39,5 @@ def test_a_new_package_is_a_new_pipeline(with_thermostat: None, store: str, tmp_
     assert warm.json()["prediction"] == {"heat": False}
     assert cold.headers["x-model-name"] == "thermostat"
     bad = client.post("/predict", json={"reading": {"temperature": 5.0, "room": "attic"}})
-    assert bad.status_code == 422 and "'kitchen' or 'bedroom'" in bad.text
+    assert bad.status_code == 422
+    assert "'kitchen' or 'bedroom'" in bad.text

@@ -121,7 +121,8 @@ def test_lineage_records_everything(
     client = client_for(store)
     run_id = run["run_id"]
 
-    assert run["params"]["epochs"] == "4" and run["params"]["seed"] == "0"
+    assert run["params"]["epochs"] == "4"
+    assert run["params"]["seed"] == "0"
     assert run["seed"] == "0"
     history = client.get_metric_history(run_id, "valid_auc")
     assert [m.step for m in history] == [1, 2, 3, 4]
@@ -131,15 +132,19 @@ def test_lineage_records_everything(
         "sha256": sha256_file(loans_data),
         "rows": 3000,
     }
-    dataset_inputs = client.get_run(run_id).inputs.dataset_inputs
-    assert dataset_inputs and dataset_inputs[0].dataset.source
+    inputs = client.get_run(run_id).inputs
+    assert inputs is not None
+    dataset_inputs = inputs.dataset_inputs
+    assert dataset_inputs
+    assert dataset_inputs[0].dataset.source
     assert run["code"]["git_sha"] == head.stdout.strip()
     assert run["code"]["dirty"] == "false"
     assert len(run["code"]["pipeline_sha256"]) == 64
     assert run["environment"]["python"].count(".") == 2
     assert run["environment"]["packages"]["torch"].startswith("2.13.0")
     assert run["environment"]["packages"]["mlflow"] == mlflow.__version__
-    assert run["parent_run_id"] is None and run["trigger"] is None
+    assert run["parent_run_id"] is None
+    assert run["trigger"] is None
 
     artifacts = {a.path for a in client.list_artifacts(run_id, "schemas")}
     assert artifacts == {"schemas/input.json", "schemas/output.json", "schemas/params.json"}
@@ -147,7 +152,8 @@ def test_lineage_records_everything(
     assert schema["properties"]["age"]["minimum"] == 18
     assert [a.path for a in client.list_artifacts(run_id, "training")] == ["training/curves.png"]
     reference = pd.read_parquet(client.download_artifacts(run_id, "drift/reference.parquet"))
-    assert len(reference) == 1000 and "prediction.default_probability" in reference
+    assert len(reference) == 1000
+    assert "prediction.default_probability" in reference
 
     # every model file's sha256 matches what the run recorded
     model_dir = Path(mlflow.artifacts.download_artifacts(run["artifacts"]["model_uri"]))
@@ -200,10 +206,13 @@ def test_retrain_chain_names_parents_and_triggers(
     assert [r["run_id"] for r in chain] == [third["run_id"], second["run_id"], first["run_id"]]
     assert [r["trigger"] for r in chain] == ["manual check", "alert:drift-1", None]
     tree = cli(store, "lineage", "loans/3").output
-    assert tree.count("parent") >= 2 and first["run_id"] in tree and "alert:drift-1" in tree
+    assert tree.count("parent") >= 2
+    assert first["run_id"] in tree
+    assert "alert:drift-1" in tree
 
     runs = cli(store, "runs", "loans").output
-    assert "alert:drift-1" in runs and "manual check" in runs
+    assert "alert:drift-1" in runs
+    assert "manual check" in runs
 
 
 def test_gate_rejects_worse_challenger_and_rollback(store: str, loans_data: Path) -> None:
@@ -221,7 +230,7 @@ def test_gate_rejects_worse_challenger_and_rollback(store: str, loans_data: Path
         float(v2.tags["gate.challenger_score"]),
     )
     assert challenger_score < champion_score
-    run = client.get_run(v2.run_id)
+    run = client.get_run(str(v2.run_id))
     assert run.data.tags["gate.decision"] == "rejected"
     assert run.data.metrics["gate_champion_score"] == pytest.approx(champion_score)
     assert run.data.metrics["gate_challenger_score"] == pytest.approx(challenger_score)
@@ -230,10 +239,12 @@ def test_gate_rejects_worse_challenger_and_rollback(store: str, loans_data: Path
     assert cli(store, "promote", "loans", "2").exit_code == 0
     assert champion(store, "loans") == "2"
     result = cli(store, "rollback", "loans")
-    assert result.exit_code == 0 and "v2 → v1" in result.output
+    assert result.exit_code == 0
+    assert "v2 → v1" in result.output
     assert champion(store, "loans") == "1"
     result = cli(store, "rollback", "loans")
-    assert result.exit_code == 1 and "nothing to roll back" in result.output
+    assert result.exit_code == 1
+    assert "nothing to roll back" in result.output
     assert champion(store, "loans") == "1"
 
 

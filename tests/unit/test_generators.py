@@ -30,7 +30,10 @@ def test_loans_shift_moves_population_and_labels() -> None:
 def test_reviews_shift_changes_topics_and_length() -> None:
     reviews = pipelines.get("reviews")
     base, shifted = reviews.generate(1500, 0.0, 0), reviews.generate(1500, 1.0, 0)
-    words = lambda f: f["text"].map(lambda t: len(tokenize(t))).mean()  # noqa: E731
+
+    def words(frame: pd.DataFrame) -> float:
+        return float(frame["text"].map(lambda t: len(tokenize(t))).mean())
+
     assert words(shifted) > 1.3 * words(base)
     topic = "|".join(SHIFTED_ASPECTS)
     assert base["text"].str.contains(topic).mean() < 0.05

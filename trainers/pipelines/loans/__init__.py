@@ -218,6 +218,7 @@ class LoansPipeline(Pipeline[LoanApplication, LoanDecision, LoansParams]):
     input_key = "application"
     target = "defaulted"
     metric = Metric("auc", Direction.MAXIMIZE)
+    default_rows = 8000
     Input = LoanApplication
     Output = LoanDecision
     Params = LoansParams
