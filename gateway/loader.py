@@ -41,9 +41,8 @@ def load(settings: GatewaySettings) -> LoadedModel:
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     try:
         version = client.get_model_version_by_alias(settings.pipeline, settings.alias)
-        mlflow.set_registry_uri(settings.tracking_uri)
-        mlflow.set_tracking_uri(settings.tracking_uri)
-        model = mlflow.pyfunc.load_model(f"models:/{settings.pipeline}/{version.version}")
+        source = client.get_model_version_download_uri(settings.pipeline, version.version)
+        model = mlflow.pyfunc.load_model(source)
     except MlflowException as exc:
         raise ModelUnavailable(
             f"cannot load {settings.model_uri} from {settings.tracking_uri}: {exc.message}"

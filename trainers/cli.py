@@ -274,6 +274,7 @@ def runs(ctx: click.Context, name: str, limit: int) -> None:
         out.print(f"no runs for {name} yet")
         return
     versions = {mv.run_id: mv for mv in client.search_model_versions(f"name = '{name}'")}
+    aliases = registry.aliases_by_version(client, name)
     table = Table(title=f"{name} runs")
     for column in (
         "run",
@@ -300,7 +301,7 @@ def runs(ctx: click.Context, name: str, limit: int) -> None:
             _when(run.info.start_time),
             run.info.status,
             f"v{mv.version}" if mv else "",
-            ", ".join(sorted(mv.aliases)) if mv else "",
+            ", ".join(aliases.get(str(mv.version), [])) if mv else "",
             "" if score is None else f"{score:.4f}",
             tags.get(lineage.DATA_SHA256, "")[:12],
             tags.get(lineage.DATA_ROWS, ""),

@@ -16,6 +16,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from trainers import registry
 from trainers.contract import Pipeline
 from trainers.errors import RegistryError
 
@@ -179,9 +180,11 @@ def read_run(client: MlflowClient, run_id: str, *, depth: int = 32) -> RunLineag
     pipeline = tags.get(PIPELINE, "")
     versions = []
     if pipeline:
+        aliases = registry.aliases_by_version(client, pipeline)
         for mv in client.search_model_versions(f"name = '{pipeline}' and run_id = '{run_id}'"):
+            version = str(mv.version)
             versions.append(
-                {"name": mv.name, "version": str(mv.version), "aliases": sorted(mv.aliases)}
+                {"name": mv.name, "version": version, "aliases": aliases.get(version, [])}
             )
     lineage = RunLineage(
         run_id=run_id,

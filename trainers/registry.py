@@ -37,6 +37,18 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
         return None
 
 
+def aliases_by_version(client: MlflowClient, name: str) -> dict[str, list[str]]:
+    """``version → sorted aliases`` (version searches do not carry aliases in every store)."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return {}
+    out: dict[str, list[str]] = {}
+    for alias, version in sorted(model.aliases.items()):
+        out.setdefault(str(version), []).append(alias)
+    return out
+
+
 def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
     try:
         return client.get_model_version(name, version)

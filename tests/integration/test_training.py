@@ -242,6 +242,10 @@ def test_gate_rejects_worse_challenger_and_rollback(store: str, loans_data: Path
     assert result.exit_code == 0
     assert "v2 → v1" in result.output
     assert champion(store, "loans") == "1"
+    assert lineage_json(store, "loans/1")["run"]["versions"][0]["aliases"] == ["champion"]
+    runs = cli(store, "runs", "loans").output
+    assert "challenger" in runs
+    assert "champion" in runs
     result = cli(store, "rollback", "loans")
     assert result.exit_code == 1
     assert "nothing to roll back" in result.output
