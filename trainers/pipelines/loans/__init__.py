@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -11,14 +10,13 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainers.contract import Direction, EpochCallback, Metric, Pipeline, PipelineParams, Predictor
+from trainers.contract import Direction, EpochCallback, Metric, Pipeline, Predictor
 from trainers.errors import DataError
 from trainers.metrics import roc_auc
 from trainers.pipelines.loans.generator import EMPLOYMENT, PURPOSES, TERMS, generate
-from trainers.torchfit import deterministic, fit_classifier
+from trainers.torchfit import TorchParams, fit_classifier, load_weights, read_state, save_predictor
 
 Employment = Literal["employed", "self_employed", "unemployed", "retired", "student"]
 Purpose = Literal[
@@ -54,7 +52,7 @@ class LoanDecision(BaseModel):
     decision: Decision
 
 
-class LoansParams(PipelineParams):
+class LoansParams(TorchParams):
     epochs: int = Field(default=12, ge=0, le=1000)
     batch_size: int = Field(default=128, ge=1, le=65536)
     lr: float = Field(default=2e-3, gt=0, le=1)
@@ -206,11 +204,8 @@ class LoansPredictor(Predictor[LoanApplication, LoanDecision]):
         ]
 
     def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"))
-        payload = {"preprocessor": self.preprocessor.state, "config": self.config}
-        (directory / "preprocessor.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+        state = {"preprocessor": self.preprocessor.state, "config": self.config}
+        save_predictor(directory, self.module, state)
 
 
 class LoansPipeline(Pipeline[LoanApplication, LoanDecision, LoansParams]):
@@ -245,20 +240,14 @@ class LoansPipeline(Pipeline[LoanApplication, LoanDecision, LoansParams]):
             scores = torch.softmax(logits, dim=1)[:, 1].numpy()
             return {"valid_auc": roc_auc(labels.numpy(), scores)}
 
-        with deterministic(params.seed):
-            module = build_module(preprocessor.width, params.hidden_units, params.hidden_layers)
-            fit_classifier(
-                module,
-                tensors(train),
-                tensors(valid),
-                epochs=params.epochs,
-                batch_size=params.batch_size,
-                lr=params.lr,
-                weight_decay=params.weight_decay,
-                seed=params.seed,
-                on_epoch=on_epoch,
-                valid_metric=valid_auc,
-            )
+        module = fit_classifier(
+            lambda: build_module(preprocessor.width, params.hidden_units, params.hidden_layers),
+            tensors(train),
+            tensors(valid),
+            params=params,
+            on_epoch=on_epoch,
+            valid_metric=valid_auc,
+        )
         config = {
             "hidden_units": params.hidden_units,
             "hidden_layers": params.hidden_layers,
@@ -268,14 +257,13 @@ class LoansPipeline(Pipeline[LoanApplication, LoanDecision, LoansParams]):
         return LoansPredictor(preprocessor, module, config)
 
     def load_predictor(self, directory: Path, device: torch.device) -> LoansPredictor:
-        payload = json.loads((directory / "preprocessor.json").read_text())
-        preprocessor = Preprocessor(payload["preprocessor"])
-        config = payload["config"]
+        state = read_state(directory)
+        preprocessor = Preprocessor(state["preprocessor"])
+        config = state["config"]
         module = build_module(
             preprocessor.width, int(config["hidden_units"]), int(config["hidden_layers"])
         )
-        module.load_state_dict(load_file(str(directory / "model.safetensors")))
-        return LoansPredictor(preprocessor, module.to(device), config)
+        return LoansPredictor(preprocessor, load_weights(module, directory, device), config)
 
     def evaluate(self, frame: pd.DataFrame, outputs: Sequence[LoanDecision]) -> float:
         return roc_auc(frame[self.target].to_numpy(), [o.default_probability for o in outputs])

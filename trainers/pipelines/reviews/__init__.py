@@ -4,7 +4,6 @@ max_len=128``."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -15,14 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainers.contract import Direction, EpochCallback, Metric, Pipeline, PipelineParams, Predictor
+from trainers.contract import Direction, EpochCallback, Metric, Pipeline, Predictor
 from trainers.errors import DataError
 from trainers.metrics import accuracy
 from trainers.pipelines.reviews.generator import generate
-from trainers.torchfit import deterministic, fit_classifier
+from trainers.torchfit import TorchParams, fit_classifier, load_weights, read_state, save_predictor
 
 Sentiment = Literal["negative", "positive"]
 LABELS: tuple[Sentiment, Sentiment] = ("negative", "positive")
@@ -45,7 +43,7 @@ class SentimentAnswer(BaseModel):
     positive_probability: float = Field(ge=0, le=1)
 
 
-class ReviewsParams(PipelineParams):
+class ReviewsParams(TorchParams):
     epochs: int = Field(default=6, ge=0, le=1000)
     batch_size: int = Field(default=64, ge=1, le=65536)
     lr: float = Field(default=1e-3, gt=0, le=1)
@@ -184,11 +182,8 @@ class ReviewsPredictor(Predictor[MovieReview, SentimentAnswer]):
         ]
 
     def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"))
-        payload = {"vocabulary": self.vocabulary.tokens, "architecture": self.arch}
-        (directory / "preprocessor.json").write_text(json.dumps(payload, sort_keys=True))
+        state = {"vocabulary": self.vocabulary.tokens, "architecture": self.arch}
+        save_predictor(directory, self.module, state)
 
 
 class ReviewsPipeline(Pipeline[MovieReview, SentimentAnswer, ReviewsParams]):
@@ -235,29 +230,21 @@ class ReviewsPipeline(Pipeline[MovieReview, SentimentAnswer, ReviewsParams]):
             return {"valid_accuracy": accuracy(labels.numpy(), logits.argmax(1).numpy())}
 
         arch = _architecture(params, len(vocabulary.tokens))
-        with deterministic(params.seed):
-            module = _build(arch)
-            fit_classifier(
-                module,
-                tensors(train),
-                tensors(valid),
-                epochs=params.epochs,
-                batch_size=params.batch_size,
-                lr=params.lr,
-                weight_decay=params.weight_decay,
-                seed=params.seed,
-                on_epoch=on_epoch,
-                valid_metric=valid_accuracy,
-            )
+        module = fit_classifier(
+            lambda: _build(arch),
+            tensors(train),
+            tensors(valid),
+            params=params,
+            on_epoch=on_epoch,
+            valid_metric=valid_accuracy,
+        )
         return ReviewsPredictor(vocabulary, module, arch)
 
     def load_predictor(self, directory: Path, device: torch.device) -> ReviewsPredictor:
-        payload = json.loads((directory / "preprocessor.json").read_text())
-        arch = payload["architecture"]
-        module = _build(arch)
-        module.load_state_dict(load_file(str(directory / "model.safetensors")))
-        vocabulary = Vocabulary(payload["vocabulary"], int(arch["max_len"]))
-        return ReviewsPredictor(vocabulary, module.to(device), arch)
+        state = read_state(directory)
+        arch = state["architecture"]
+        vocabulary = Vocabulary(state["vocabulary"], int(arch["max_len"]))
+        return ReviewsPredictor(vocabulary, load_weights(_build(arch), directory, device), arch)
 
     def evaluate(self, frame: pd.DataFrame, outputs: Sequence[SentimentAnswer]) -> float:
         return accuracy(frame[self.target].to_numpy(), [o.sentiment for o in outputs])
