@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 PORT ?= 3000
 PIPELINE ?= loans
 PYTEST_ARGS ?=
+# BentoML's usage analytics would try to reach the internet from every server start.
+export BENTOML_DO_NOT_TRACK = true
 
 .PHONY: install serve test lint unit
 
