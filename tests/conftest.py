@@ -58,3 +58,8 @@ def train_ok(uri: str, *args: str) -> str:
     result = cli(uri, "train", *args)
     assert result.exit_code == 0, result.output
     return result.output
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

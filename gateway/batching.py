@@ -1,0 +1,166 @@
+"""Adaptive micro-batching: concurrent single-object calls become one device batch.
+
+One :class:`Batcher` per process owns the device: a single executor thread runs one batch at a
+time while the next accumulates. A batch closes when it reaches ``max_batch_size`` or when the
+oldest item has waited ``max_wait_s`` — and, whenever a batch is running, everything that arrived
+meanwhile goes out together as soon as the device is free (that is the adaptive part: the heavier
+the load, the bigger the batches, with no extra waiting). Nothing is dropped to meet a latency
+estimate: items wait their turn, and only when the queue itself is full does :meth:`submit`
+refuse new work with :class:`Overloaded`, which the HTTP layer turns into a 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+I = TypeVar("I")  # noqa: E741
+O = TypeVar("O")  # noqa: E741
+
+
+class Overloaded(Exception):
+    """The queue is full; the caller should come back after ``retry_after`` seconds."""
+
+    def __init__(self, queued: int, limit: int, retry_after: float) -> None:
+        super().__init__(f"{queued} items are queued (limit {limit}); retry in {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Pending(Generic[I, O]):
+    item: I
+    future: asyncio.Future[O]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def take_batch(
+    pending: collections.deque[_Pending[I, O]], max_batch_size: int
+) -> list[_Pending[I, O]]:
+    """Pop up to ``max_batch_size`` items, oldest first."""
+    return [pending.popleft() for _ in range(min(max_batch_size, len(pending)))]
+
+
+def check_outputs(inputs: Sequence[object], outputs: Sequence[object]) -> None:
+    if len(outputs) != len(inputs):
+        raise RuntimeError(
+            f"batch function returned {len(outputs)} answers for {len(inputs)} inputs"
+        )
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one batch did, for metrics: its size, how long its oldest item queued, run time."""
+
+    size: int
+    oldest_wait_s: float
+    run_s: float
+    queued_after: int
+
+
+class Batcher(Generic[I, O]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[I]], Sequence[O]],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < max_batch_size:
+            raise ValueError("need 1 <= max_batch_size <= max_queue")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self._pending: collections.deque[_Pending[I, O]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
+        self._task: asyncio.Task[None] | None = None
+        self._batch_s = 0.001  # running estimate of one batch's time, for Retry-After
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for entry in self._pending:
+            if not entry.future.done():
+                entry.future.set_exception(RuntimeError("server is shutting down"))
+        self._pending.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _retry_after(self) -> float:
+        batches_ahead = len(self._pending) / self.max_batch_size + 1
+        return max(1.0, round(batches_ahead * self._batch_s, 1))
+
+    async def submit(self, items: Sequence[I]) -> list[O]:
+        """Queue ``items`` (one or many) and wait for their answers, in order."""
+        if len(self._pending) + len(items) > self.max_queue:
+            raise Overloaded(len(self._pending), self.max_queue, self._retry_after())
+        loop = asyncio.get_running_loop()
+        entries = [_Pending[I, O](item, loop.create_future()) for item in items]
+        self._pending.extend(entries)
+        self._wake.set()
+        return list(await asyncio.gather(*(e.future for e in entries)))
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            oldest = self._pending[0].enqueued
+            remaining = self.max_wait_s - (time.perf_counter() - oldest)
+            if len(self._pending) < self.max_batch_size and remaining > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                if len(self._pending) < self.max_batch_size and (
+                    time.perf_counter() - oldest < self.max_wait_s
+                ):
+                    continue  # more arrived but the batch is neither full nor due: keep waiting
+            batch = take_batch(self._pending, self.max_batch_size)
+            batch = [e for e in batch if not e.future.done()]  # callers that gave up
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                outputs = await loop.run_in_executor(
+                    self._executor, self.run_batch, [e.item for e in batch]
+                )
+                check_outputs(batch, outputs)
+            except Exception as exc:  # every caller of the batch gets the error
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(exc)
+                continue
+            finally:
+                run_s = time.perf_counter() - started
+                self._batch_s = 0.8 * self._batch_s + 0.2 * run_s
+            for entry, output in zip(batch, outputs, strict=True):
+                if not entry.future.done():
+                    entry.future.set_result(output)
+            if self.on_batch is not None:
+                stats = BatchStats(len(batch), started - batch[0].enqueued, run_s, self.queued)
+                try:
+                    self.on_batch(stats)
+                except Exception:  # metrics never fail a request
+                    log.exception("batch callback failed")
