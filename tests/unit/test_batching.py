@@ -94,7 +94,7 @@ async def test_a_broken_metrics_callback_does_not_fail_requests() -> None:
     def broken(stats: BatchStats) -> None:
         raise RuntimeError("metrics down")
 
-    batcher = Batcher(
+    batcher: Batcher[int, int] = Batcher(
         lambda xs: xs, max_batch_size=4, max_wait_s=0.001, max_queue=8, on_batch=broken
     )
     batcher.start()
