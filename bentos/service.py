@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bentoml
 
-from gateway.core import GatewayCore
+from gateway.core import GatewayCore, Served
 from gateway.http import create_app
 from gateway.loader import load
 from gateway.settings import GatewaySettings
@@ -23,4 +23,4 @@ app = create_app(_current_core)
 class Gateway:
     def __init__(self) -> None:
         self.settings = GatewaySettings()
-        self.core = GatewayCore(load(self.settings))
+        self.core = GatewayCore(Served(load(self.settings), self.settings), self.settings)

@@ -30,6 +30,10 @@ class UnsupportedMediaType(GatewayError):
     status_code = 415
 
 
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+
+
 class InvalidInput(GatewayError):
     """The JSON does not describe a valid business object; ``details`` name each field."""
 

@@ -1,10 +1,16 @@
-"""Load a registered pipeline through MLflow and expose the one interface serving calls."""
+"""Load a registered pipeline through MLflow — verified and warmed up — and expose the one
+interface serving calls."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -15,10 +21,16 @@ from pydantic import BaseModel
 from gateway.errors import ModelUnavailable
 from gateway.settings import GatewaySettings
 
+ARTIFACT_HASHES = "lineage/artifact_sha256.json"
+
+
+class IntegrityError(ModelUnavailable):
+    """A model's files do not match the sha256 values its run recorded."""
+
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A registered pipeline version, ready to predict."""
+    """A registered pipeline version, verified, loaded on the serving device and warmed up."""
 
     name: str
     version: str
@@ -27,6 +39,7 @@ class LoadedModel:
     input_model: type[BaseModel]
     output_model: type[BaseModel]
     predictor: Any
+    examples: list[BaseModel]
     loaded_at: float = field(default_factory=time.time)
 
     def predict_batch(self, inputs: Sequence[BaseModel]) -> list[BaseModel]:
@@ -35,26 +48,75 @@ class LoadedModel:
             raise RuntimeError(f"pipeline returned {len(outputs)} answers for {len(inputs)} inputs")
         return outputs
 
+    def info(self) -> dict[str, Any]:
+        return {
+            "model_name": self.name,
+            "model_version": self.version,
+            "run_id": self.run_id,
+            "loaded_at": self.loaded_at,
+            "input_key": self.input_key,
+            "input_schema": self.input_model.model_json_schema(),
+            "output_schema": self.output_model.model_json_schema(),
+        }
 
-def load(settings: GatewaySettings) -> LoadedModel:
-    """The version ``settings.alias`` points at, loaded on the serving device."""
+
+def sha256_tree(directory: Path) -> dict[str, str]:
+    return {
+        p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def verify(directory: Path, recorded: dict[str, str], what: str) -> None:
+    """Refuse ``directory`` unless its files are exactly those recorded, byte for byte."""
+    actual = sha256_tree(directory)
+    changed = sorted(p for p in recorded if actual.get(p) != recorded[p])
+    extra = sorted(set(actual) - set(recorded))
+    if not recorded or changed or extra:
+        raise IntegrityError(
+            f"{what}: artifacts do not match the sha256 recorded in its run "
+            f"(changed or missing: {changed or 'none'}; unexpected: {extra or 'none'})"
+        )
+
+
+def load(settings: GatewaySettings, version: str | None = None) -> LoadedModel:
+    """``version`` (default: the one ``settings.alias`` points at), verified against its run's
+    recorded sha256 values, loaded on the serving device and warmed up."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    name = settings.pipeline
     try:
-        version = client.get_model_version_by_alias(settings.pipeline, settings.alias)
-        source = client.get_model_version_download_uri(settings.pipeline, version.version)
-        model = mlflow.pyfunc.load_model(source)
+        mv = (
+            client.get_model_version(name, version)
+            if version is not None
+            else client.get_model_version_by_alias(name, settings.alias)
+        )
+        source = client.get_model_version_download_uri(name, mv.version)
+        with tempfile.TemporaryDirectory(prefix="gateway-model-") as tmp:
+            hashes = client.download_artifacts(str(mv.run_id), ARTIFACT_HASHES, tmp)
+            recorded = json.loads(Path(hashes).read_text())
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
+            model_dir = local / "model" if (local / "model" / "MLmodel").exists() else local
+            verify(model_dir, recorded, f"{name} v{mv.version}")
+            model = mlflow.pyfunc.load_model(str(model_dir))
+            inner = model.unwrap_python_model()
+            examples = list(inner.pipeline.inputs_from_frame(model.input_example))
     except MlflowException as exc:
+        what = f"{name} v{version}" if version else settings.model_uri
         raise ModelUnavailable(
-            f"cannot load {settings.model_uri} from {settings.tracking_uri}: {exc.message}"
+            f"cannot load {what} from {settings.tracking_uri}: {exc.message}"
         ) from exc
-    inner = model.unwrap_python_model()
     pipeline = inner.pipeline
-    return LoadedModel(
-        name=settings.pipeline,
-        version=str(version.version),
-        run_id=str(version.run_id),
+    loaded = LoadedModel(
+        name=name,
+        version=str(mv.version),
+        run_id=str(mv.run_id),
         input_key=pipeline.input_key,
         input_model=pipeline.Input,
         output_model=pipeline.Output,
         predictor=inner.predictor,
+        examples=examples,
     )
+    loaded.predict_batch(examples)  # warm-up: first-call allocations happen here, not on a request
+    return loaded

@@ -24,6 +24,27 @@ class GatewaySettings(BaseSettings):
     tracking_uri: str = Field(default_factory=_default_tracking_uri)
     """MLflow tracking/registry URI (default: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``)."""
 
+    max_batch_size: int = Field(default=64, ge=1, le=65536)
+    """Largest device batch."""
+
+    batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    """How long the oldest queued object may wait for companions before its batch goes."""
+
+    max_queue: int = Field(default=2048, ge=1)
+    """Objects allowed to wait for the device; beyond that, 503 with Retry-After."""
+
+    max_bulk: int = Field(default=1000, ge=1)
+    """Most objects in one bulk request."""
+
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    """Largest request body; larger bodies get 413."""
+
+    data_port: int = Field(default=3001, ge=0, le=65535)
+    """Port of the data plane every worker serves (0 turns it off; BentoML's port still answers)."""
+
+    data_host: str = "0.0.0.0"
+    """Address the data plane binds."""
+
     @property
     def model_uri(self) -> str:
         return f"models:/{self.pipeline}@{self.alias}"

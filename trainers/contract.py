@@ -66,8 +66,22 @@ class Predictor(ABC, Generic[InputT, OutputT]):
     device: torch.device
 
     @abstractmethod
+    def preprocess(self, inputs: Sequence[InputT]) -> Any:
+        """Business objects → model inputs (CPU work: encoding, scaling, tokenising)."""
+
+    @abstractmethod
+    def forward(self, features: Any) -> Any:
+        """The torch module on ``self.device``; returns results on the CPU."""
+
+    @abstractmethod
+    def postprocess(self, raw: Any, inputs: Sequence[InputT]) -> list[OutputT]:
+        """Model results → one business answer per input."""
+
     def predict_batch(self, inputs: Sequence[InputT]) -> list[OutputT]:
         """Answer a batch of business objects in one vectorised pass."""
+        if not inputs:
+            return []
+        return self.postprocess(self.forward(self.preprocess(inputs)), inputs)
 
     @abstractmethod
     def save(self, directory: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import trainers.pipelines
-from gateway.core import GatewayCore
+from gateway.core import GatewayCore, Served
 from gateway.http import create_app
 from gateway.loader import load
 from gateway.settings import GatewaySettings
@@ -31,8 +31,13 @@ def test_a_new_package_is_a_new_pipeline(with_thermostat: None, store: str, tmp_
     output = train_ok(store, "thermostat", "--data", str(data))
     assert "gate promoted" in output
 
-    core = GatewayCore(load(GatewaySettings(pipeline="thermostat", tracking_uri=store)))
-    client = TestClient(create_app(lambda: core))
+    settings = GatewaySettings(pipeline="thermostat", tracking_uri=store, data_port=0)
+    core = GatewayCore(Served(load(settings), settings), settings)
+    with TestClient(create_app(lambda: core)) as client:
+        check_thermostat(client)
+
+
+def check_thermostat(client: TestClient) -> None:
     cold = client.post("/predict", json={"reading": {"temperature": 5.0, "room": "kitchen"}})
     warm = client.post("/predict", json={"reading": {"temperature": 30.0, "room": "bedroom"}})
     assert cold.json()["prediction"] == {"heat": True}

@@ -185,22 +185,22 @@ class LoansPredictor(Predictor[LoanApplication, LoanDecision]):
         self.device = next(module.parameters()).device
         self.module = module.eval()
 
-    def probabilities(self, features: torch.Tensor) -> np.ndarray:
+    def preprocess(self, inputs: Sequence[LoanApplication]) -> torch.Tensor:
+        return self.preprocessor.transform(_columns_from_inputs(inputs)).to(self.device)
+
+    def forward(self, features: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            logits = self.module(features.to(self.device))
+            logits = self.module(features)
             return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
 
-    def predict_batch(self, inputs: Sequence[LoanApplication]) -> list[LoanDecision]:
-        if not inputs:
-            return []
-        probs = self.probabilities(self.preprocessor.transform(_columns_from_inputs(inputs)))
+    def postprocess(self, raw: np.ndarray, inputs: Sequence[LoanApplication]) -> list[LoanDecision]:
         approve, decline = self.config["approve_below"], self.config["decline_above"]
         return [
             LoanDecision(
                 default_probability=p,
                 decision="approve" if p < approve else "decline" if p >= decline else "review",
             )
-            for p in probs.tolist()
+            for p in raw.tolist()
         ]
 
     def save(self, directory: Path) -> None:

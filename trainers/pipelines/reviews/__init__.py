@@ -171,14 +171,17 @@ class ReviewsPredictor(Predictor[MovieReview, SentimentAnswer]):
         self.device = next(module.parameters()).device
         self.module = module.eval()
 
-    def predict_batch(self, inputs: Sequence[MovieReview]) -> list[SentimentAnswer]:
-        if not inputs:
-            return []
-        ids = self.vocabulary.encode([(x.text, x.title) for x in inputs]).to(self.device)
+    def preprocess(self, inputs: Sequence[MovieReview]) -> torch.Tensor:
+        return self.vocabulary.encode([(x.text, x.title) for x in inputs]).to(self.device)
+
+    def forward(self, features: torch.Tensor) -> list[float]:
         with torch.inference_mode():
-            probs = torch.softmax(self.module(ids).float(), dim=1)[:, 1].cpu().tolist()
+            probs: list[float] = torch.softmax(self.module(features).float(), dim=1)[:, 1].tolist()
+        return probs
+
+    def postprocess(self, raw: list[float], inputs: Sequence[MovieReview]) -> list[SentimentAnswer]:
         return [
-            SentimentAnswer(sentiment=LABELS[int(p >= 0.5)], positive_probability=p) for p in probs
+            SentimentAnswer(sentiment=LABELS[int(p >= 0.5)], positive_probability=p) for p in raw
         ]
 
     def save(self, directory: Path) -> None:
