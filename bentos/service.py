@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import bentoml
 
-from gateway.core import GatewayCore, Served
+from gateway.core import GatewayCore
 from gateway.http import create_app
 from gateway.loader import load
+from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 
 
@@ -22,5 +23,5 @@ app = create_app(_current_core)
 @bentoml.service(name="lineage-gateway", workers=1)
 class Gateway:
     def __init__(self) -> None:
-        self.settings = GatewaySettings()
-        self.core = GatewayCore(Served(load(self.settings), self.settings), self.settings)
+        settings = GatewaySettings()
+        self.core = GatewayCore(load(settings), settings, GatewayMetrics())

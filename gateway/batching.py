@@ -87,6 +87,7 @@ class Batcher(Generic[I, O]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
         self._task: asyncio.Task[None] | None = None
         self._batch_s = 0.001  # running estimate of one batch's time, for Retry-After
+        self._running = False
 
     @property
     def queued(self) -> int:
@@ -95,6 +96,12 @@ class Batcher(Generic[I, O]):
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait until everything queued so far is answered, so :meth:`stop` loses nothing."""
+        deadline = time.perf_counter() + timeout
+        while (self._pending or self._running) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.005)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -142,6 +149,7 @@ class Batcher(Generic[I, O]):
             if not batch:
                 continue
             started = time.perf_counter()
+            self._running = True
             try:
                 outputs = await loop.run_in_executor(
                     self._executor, self.run_batch, [e.item for e in batch]
@@ -153,6 +161,7 @@ class Batcher(Generic[I, O]):
                         entry.future.set_exception(exc)
                 continue
             finally:
+                self._running = False
                 run_s = time.perf_counter() - started
                 self._batch_s = 0.8 * self._batch_s + 0.2 * run_s
             for entry, output in zip(batch, outputs, strict=True):

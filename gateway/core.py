@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gc
 import json
-from collections.abc import Mapping
-from typing import Any
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
+from mlflow import MlflowClient
 from pydantic import BaseModel, ValidationError
 
-from gateway.batching import Batcher
+from gateway.batching import Batcher, BatchStats
 from gateway.errors import BadRequest, InvalidInput
-from gateway.loader import LoadedModel
+from gateway.loader import LoadedModel, load
+from gateway.metrics import GatewayMetrics, outcome_field
 from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _refuse_constant(name: str) -> float:
@@ -30,31 +38,75 @@ def parse_json(body: bytes) -> Any:
 class Served:
     """A loaded model with its own batcher: a request that starts on it finishes on it."""
 
-    def __init__(self, model: LoadedModel, settings: GatewaySettings) -> None:
+    def __init__(
+        self, model: LoadedModel, settings: GatewaySettings, metrics: GatewayMetrics
+    ) -> None:
         self.model = model
+        self.metrics = metrics
         self.lineage = {
             "model_name": model.name,
             "model_version": model.version,
             "run_id": model.run_id,
         }
+        self.outcome = outcome_field(model.output_model)
         self.batcher: Batcher[BaseModel, BaseModel] = Batcher(
-            model.predict_batch,
+            self.run_batch,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.batch_wait_ms / 1000,
             max_queue=settings.max_queue,
+            on_batch=self.record_batch,
         )
+
+    def run_batch(self, items: list[BaseModel]) -> list[BaseModel]:
+        """The device thread's work: the pipeline's stages, each timed."""
+        predictor, metrics = self.model.predictor, self.metrics
+        with metrics.timed("preprocess"):
+            features = predictor.preprocess(items)
+        with metrics.timed("model"):
+            raw = predictor.forward(features)
+        with metrics.timed("postprocess"):
+            outputs: list[BaseModel] = predictor.postprocess(raw, items)
+        self.metrics.safely(lambda: self.count(outputs))
+        return outputs
+
+    def count(self, outputs: list[BaseModel]) -> None:
+        counts: dict[str, int] = {}
+        for output in outputs:
+            label = str(getattr(output, self.outcome)) if self.outcome else "answered"
+            counts[label] = counts.get(label, 0) + 1
+        for label, n in counts.items():
+            self.metrics.predictions.labels(self.model.name, self.model.version, label).inc(n)
+
+    def record_batch(self, stats: BatchStats) -> None:
+        self.metrics.batch_size.observe(stats.size)
+        self.metrics.batch_wait.observe(stats.oldest_wait_s)
+        self.metrics.queue_depth.set(stats.queued_after)
 
 
 class GatewayCore:
-    """Validates business objects against the served pipeline and answers them in batches."""
+    """Validates business objects against the served pipeline and answers them in batches;
+    follows the registry alias and swaps models without dropping a request."""
 
-    def __init__(self, served: Served, settings: GatewaySettings) -> None:
-        self.served = served
+    def __init__(
+        self,
+        model: LoadedModel,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        loader: Callable[[GatewaySettings, str | None], LoadedModel] = load,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self.loader = loader
+        self.served = Served(model, settings, metrics)
         self.ready = False
+        self._swap_lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.served.batcher.start()
+        self._show(self.served.model, 1)
+        if self.settings.poll_interval_s > 0:
+            self._watcher = asyncio.get_running_loop().create_task(self._follow_alias())
         # What exists now (libraries, the model) lives as long as the process: keep it out of the
         # collector's full passes, which otherwise stall requests for 100+ ms under load.
         gc.collect()
@@ -63,19 +115,98 @@ class GatewayCore:
 
     async def stop(self) -> None:
         self.ready = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        await self.served.batcher.drain()
         await self.served.batcher.stop()
 
+    # -- requests ---------------------------------------------------------------------------
     async def predict_one(self, payload: Any) -> dict[str, Any]:
         served = self.served
-        item = validate_one(served.model, payload)
+        with self.metrics.timed("validate"):
+            item = self._checked(validate_one, served.model, payload)
         (answer,) = await served.batcher.submit([item])
         return {"prediction": answer.model_dump(mode="json"), **served.lineage}
 
     async def predict_many(self, payload: Any) -> dict[str, Any]:
         served = self.served
-        items = validate_many(served.model, payload, self.settings.max_bulk)
+        with self.metrics.timed("validate"):
+            items = self._checked(validate_many, served.model, payload, self.settings.max_bulk)
         answers = await served.batcher.submit(items)
         return {"predictions": [a.model_dump(mode="json") for a in answers], **served.lineage}
+
+    def _checked(self, validate: Callable[..., T], *args: Any) -> T:
+        try:
+            return validate(*args)
+        except InvalidInput as exc:
+            self.metrics.safely(functools.partial(self._count_refusal, exc))
+            raise
+
+    def _count_refusal(self, exc: InvalidInput) -> None:
+        for detail in exc.details:
+            field = ".".join(p for p in str(detail["field"]).split(".") if not p.isdigit())
+            self.metrics.validation_errors.labels(field).inc()
+
+    # -- swapping ---------------------------------------------------------------------------
+    async def swap(self, version: str | None = None) -> dict[str, Any]:
+        """Load ``version`` (default: the alias's) beside the current model, verify and warm it
+        up, then switch new requests to it; in-flight requests finish on the old one."""
+        async with self._swap_lock:
+            current = self.served
+            try:
+                model = await asyncio.to_thread(self.loader, self.settings, version)
+            except Exception as exc:
+                self.metrics.safely(
+                    lambda: self.metrics.swaps.labels(current.model.name, "refused").inc()
+                )
+                log.error("refused to swap to %s: %s", version or self.settings.model_uri, exc)
+                return {"swapped": False, "error": str(exc), **current.lineage}
+            if model.version == current.model.version:
+                return {"swapped": False, **current.lineage}
+            fresh = Served(model, self.settings, self.metrics)
+            fresh.batcher.start()
+            self.served = fresh
+            self._show(model, 1)
+            self._show(current.model, 0)
+            rollback = int(model.version) < int(current.model.version)
+            self.metrics.safely(lambda: self._count_swap(model.name, rollback))
+            log.info(
+                "%s: now serving v%s (was v%s)%s",
+                model.name,
+                model.version,
+                current.model.version,
+                " — a rollback" if rollback else "",
+            )
+            await current.batcher.drain()
+            await current.batcher.stop()
+            return {"swapped": True, "previous_version": current.model.version, **fresh.lineage}
+
+    def _count_swap(self, name: str, rollback: bool) -> None:
+        self.metrics.swaps.labels(name, "swapped").inc()
+        if rollback:
+            self.metrics.rollbacks.labels(name).inc()
+
+    def _show(self, model: LoadedModel, value: int) -> None:
+        self.metrics.safely(
+            lambda: self.metrics.model_info.labels(model.name, model.version, model.run_id).set(
+                value
+            )
+        )
+
+    async def _follow_alias(self) -> None:
+        """Poll the registry alias; swap when it moves. A store that is down changes nothing."""
+        client = MlflowClient(self.settings.tracking_uri, self.settings.tracking_uri)
+        name, alias = self.settings.pipeline, self.settings.alias
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                mv = await asyncio.to_thread(client.get_model_version_by_alias, name, alias)
+            except Exception as exc:
+                log.warning("cannot read %s@%s: %s", name, alias, exc)
+                continue
+            if str(mv.version) != self.served.model.version:
+                await self.swap(str(mv.version))
 
 
 def bulk_key(model: LoadedModel) -> str:

@@ -1,14 +1,17 @@
-"""The business-JSON HTTP adapter: a lean Starlette app the Bento service mounts."""
+"""The business-JSON HTTP adapter: one lean Starlette app, mounted in the Bento and served by
+every worker's data plane."""
 
 from __future__ import annotations
 
+import hmac
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.batching import Overloaded
@@ -21,6 +24,7 @@ LINEAGE_HEADERS = {
     "model_version": "x-model-version",
     "run_id": "x-run-id",
 }
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 async def _json_body(request: Request, limit: int) -> Any:
@@ -44,34 +48,74 @@ def _lineage_headers(answer: dict[str, Any]) -> dict[str, str]:
     return {header: str(answer[key]) for key, header in LINEAGE_HEADERS.items()}
 
 
-def _answer(answer: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(answer, headers=_lineage_headers(answer))
-
-
-def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
-    """Routes over the core returned by ``get_core``; its batcher runs while the app lives."""
-
-    def handler(
-        call: Callable[[GatewayCore, Any], Awaitable[dict[str, Any]]],
-    ) -> Callable[[Request], Awaitable[JSONResponse]]:
-        async def endpoint(request: Request) -> JSONResponse:
-            core = get_core()
-            payload = await _json_body(request, core.settings.max_body_bytes)
-            return _answer(await call(core, payload))
-
-        return endpoint
-
-    async def gateway_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, GatewayError)
-        return JSONResponse(exc.to_json(), status_code=exc.status_code)
-
-    async def overloaded(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, Overloaded)
+def _error(exc: Exception) -> JSONResponse:
+    if isinstance(exc, Overloaded):
         return JSONResponse(
             {"error": f"overloaded: {exc}"},
             status_code=503,
             headers={"retry-after": str(max(1, round(exc.retry_after)))},
         )
+    assert isinstance(exc, GatewayError)
+    return JSONResponse(exc.to_json(), status_code=exc.status_code)
+
+
+def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
+    """Routes over the core returned by ``get_core``; the core (its batcher, alias watcher and
+    data plane) runs while the app lives."""
+
+    def counted(name: str, endpoint: Endpoint) -> Endpoint:
+        async def wrapper(request: Request) -> Response:
+            core = get_core()
+            started = time.perf_counter()
+            try:
+                response = await endpoint(request)
+            except (GatewayError, Overloaded) as exc:
+                response = _error(exc)
+                if isinstance(exc, Overloaded):
+                    core.metrics.safely(lambda: core.metrics.shed.labels(name).inc())
+            elapsed = time.perf_counter() - started
+            core.metrics.safely(lambda: _count(core, name, response.status_code, elapsed))
+            return response
+
+        return wrapper
+
+    def predicting(
+        call: Callable[[GatewayCore, Any], Awaitable[dict[str, Any]]],
+    ) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            core = get_core()
+            payload = await _json_body(request, core.settings.max_body_bytes)
+            answer = await call(core, payload)
+            return JSONResponse(answer, headers=_lineage_headers(answer))
+
+        return endpoint
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        core = get_core()
+        ok = core.ready
+        return JSONResponse({"ready": ok, **core.served.lineage}, status_code=200 if ok else 503)
+
+    async def model(request: Request) -> Response:
+        core = get_core()
+        return JSONResponse(core.served.model.info(), headers=_lineage_headers(core.served.lineage))
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = get_core().metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    async def reload(request: Request) -> Response:
+        core = get_core()
+        token = core.settings.reload_token
+        if not token:
+            return JSONResponse({"error": "reload is disabled (no GATEWAY_RELOAD_TOKEN)"}, 404)
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return JSONResponse({"error": "a valid bearer token is required"}, 401)
+        result = await core.swap()
+        return JSONResponse(result, status_code=200 if "error" not in result else 409)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -90,26 +134,24 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
                 await plane.stop()
             await core.stop()
 
-    async def live(request: Request) -> JSONResponse:
-        return JSONResponse({"live": True})
-
-    async def ready(request: Request) -> JSONResponse:
-        core = get_core()
-        ok = core.ready
-        return JSONResponse({"ready": ok, **core.served.lineage}, status_code=200 if ok else 503)
-
-    async def model(request: Request) -> JSONResponse:
-        core = get_core()
-        return JSONResponse(core.served.model.info(), headers=_lineage_headers(core.served.lineage))
-
+    routes = {
+        ("/predict", "POST"): predicting(GatewayCore.predict_one),
+        ("/predict/bulk", "POST"): predicting(GatewayCore.predict_many),
+        ("/live", "GET"): live,
+        ("/ready", "GET"): ready,
+        ("/model", "GET"): model,
+        ("/metrics", "GET"): metrics,
+        ("/admin/reload", "POST"): reload,
+    }
     return Starlette(
         routes=[
-            Route("/live", live, methods=["GET"]),
-            Route("/ready", ready, methods=["GET"]),
-            Route("/model", model, methods=["GET"]),
-            Route("/predict", handler(GatewayCore.predict_one), methods=["POST"]),
-            Route("/predict/bulk", handler(GatewayCore.predict_many), methods=["POST"]),
+            Route(path, counted(path, endpoint), methods=[method])
+            for (path, method), endpoint in routes.items()
         ],
-        exception_handlers={GatewayError: gateway_error, Overloaded: overloaded},
         lifespan=lifespan,
     )
+
+
+def _count(core: GatewayCore, endpoint: str, status: int, elapsed: float) -> None:
+    core.metrics.requests.labels(endpoint, str(status)).inc()
+    core.metrics.request_seconds.labels(endpoint).observe(elapsed)

@@ -22,6 +22,9 @@ from gateway.errors import ModelUnavailable
 from gateway.settings import GatewaySettings
 
 ARTIFACT_HASHES = "lineage/artifact_sha256.json"
+# MLflow writes this into a model's directory when the model is read through the registry; it is
+# registry bookkeeping, not part of what training logged, so it is not in the recorded hashes.
+REGISTRY_BOOKKEEPING = frozenset({"registered_model_meta"})
 
 
 class IntegrityError(ModelUnavailable):
@@ -70,7 +73,7 @@ def sha256_tree(directory: Path) -> dict[str, str]:
 
 def verify(directory: Path, recorded: dict[str, str], what: str) -> None:
     """Refuse ``directory`` unless its files are exactly those recorded, byte for byte."""
-    actual = sha256_tree(directory)
+    actual = {k: v for k, v in sha256_tree(directory).items() if k not in REGISTRY_BOOKKEEPING}
     changed = sorted(p for p in recorded if actual.get(p) != recorded[p])
     extra = sorted(set(actual) - set(recorded))
     if not recorded or changed or extra:

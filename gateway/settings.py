@@ -39,6 +39,12 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     """Largest request body; larger bodies get 413."""
 
+    poll_interval_s: float = Field(default=2.0, ge=0)
+    """How often each worker reads the alias from the registry (0: never follow it)."""
+
+    reload_token: str | None = None
+    """Bearer token for ``POST /admin/reload``; unset disables the endpoint."""
+
     data_port: int = Field(default=3001, ge=0, le=65535)
     """Port of the data plane every worker serves (0 turns it off; BentoML's port still answers)."""
 

@@ -9,9 +9,10 @@ import pytest
 from starlette.testclient import TestClient
 
 import trainers.pipelines
-from gateway.core import GatewayCore, Served
+from gateway.core import GatewayCore
 from gateway.http import create_app
 from gateway.loader import load
+from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from tests.conftest import train_ok
 from tests.helpers import cli
@@ -31,8 +32,10 @@ def test_a_new_package_is_a_new_pipeline(with_thermostat: None, store: str, tmp_
     output = train_ok(store, "thermostat", "--data", str(data))
     assert "gate promoted" in output
 
-    settings = GatewaySettings(pipeline="thermostat", tracking_uri=store, data_port=0)
-    core = GatewayCore(Served(load(settings), settings), settings)
+    settings = GatewaySettings(
+        pipeline="thermostat", tracking_uri=store, data_port=0, poll_interval_s=0
+    )
+    core = GatewayCore(load(settings), settings, GatewayMetrics())
     with TestClient(create_app(lambda: core)) as client:
         check_thermostat(client)
 

@@ -1,0 +1,149 @@
+"""Prometheus metrics of the gateway, correct with several workers.
+
+Built per worker process (never at import), so ``prometheus_client`` sees the
+``PROMETHEUS_MULTIPROC_DIR`` BentoML sets for its workers; every sample lands in that directory and
+BentoML's ``/metrics`` (and the data plane's) merge all workers. Nothing here may fail a request:
+callers go through :meth:`GatewayMetrics.safely`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import typing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from pydantic import BaseModel
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+STAGES = ("validate", "preprocess", "model", "postprocess")
+
+
+def outcome_field(output: type[BaseModel]) -> str | None:
+    """The output field that names a class (the first Literal or bool field), if any."""
+    for name, info in output.model_fields.items():
+        if typing.get_origin(info.annotation) is typing.Literal or info.annotation is bool:
+            return name
+    return None
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests_total",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.predictions = Counter(
+            "gateway_predictions_total",
+            "Objects answered, by model, version and predicted class",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "gateway_stage_seconds",
+            "Time per stage (validate per request; the rest per batch)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request to answer, by endpoint",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "gateway_batch_size",
+            "Objects per device batch",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_wait = Histogram(
+            "gateway_batch_wait_seconds",
+            "How long a batch's oldest object queued",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth",
+            "Objects waiting for the device (all workers)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.model_info = Gauge(
+            "gateway_model_info",
+            "1 for the model version each worker serves",
+            ["model", "version", "run_id"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.swaps = Counter(
+            "gateway_model_swaps_total",
+            "Model swaps by result (swapped, refused)",
+            ["model", "result"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "gateway_model_rollbacks_total",
+            "Swaps back to an earlier version",
+            ["model"],
+            registry=r,
+        )
+        self.validation_errors = Counter(
+            "gateway_validation_errors_total",
+            "Refused inputs by field",
+            ["field"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "gateway_requests_shed_total",
+            "Requests refused with 503 because the queue was full",
+            ["endpoint"],
+            registry=r,
+        )
+        self.metric_errors = Counter(
+            "gateway_metric_errors_total",
+            "Failures while recording metrics",
+            registry=r,
+        )
+
+    def safely(self, record: Callable[[], Any]) -> None:
+        """Run ``record``; a failure is logged and counted, never raised."""
+        try:
+            record()
+        except Exception:
+            log.exception("recording a metric failed")
+            with suppress(Exception):
+                self.metric_errors.inc()
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        with self.stage_seconds.labels(stage).time():
+            yield
+
+    def exposition(self) -> tuple[bytes, str]:
+        """All workers' samples when running under a multiprocess directory, else this one's."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
