@@ -20,7 +20,7 @@ app = create_app(_current_core)
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(name="lineage-gateway", workers=1)
+@bentoml.service(name="lineage_gateway", workers=1)
 class Gateway:
     def __init__(self) -> None:
         settings = GatewaySettings()

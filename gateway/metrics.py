@@ -126,6 +126,14 @@ class GatewayMetrics:
             registry=r,
         )
 
+    def declare(self, model: str, endpoints: tuple[str, ...]) -> None:
+        """Create the labelled series that may stay at zero, so they are exported from the start."""
+        for result in ("swapped", "refused"):
+            self.swaps.labels(model, result)
+        self.rollbacks.labels(model)
+        for endpoint in endpoints:
+            self.shed.labels(endpoint)
+
     def safely(self, record: Callable[[], Any]) -> None:
         """Run ``record``; a failure is logged and counted, never raised."""
         try:

@@ -89,3 +89,37 @@ def process(
 def cli(uri: str, *args: str) -> Result:
     """Run ``trainers`` in-process against the store at ``uri``."""
     return CliRunner().invoke(main, ["--tracking-uri", uri, *args], catch_exceptions=False)
+
+
+@contextlib.contextmanager
+def serve_gateway(
+    store: str, logs: Path, *, workers: int = 2, **settings: str
+) -> Iterator[tuple[str, str]]:
+    """A real ``bentoml serve`` of the repository's bentofile with ``workers`` workers; yields the
+    base URLs of BentoML's port and of the data plane."""
+    port, data_port = free_port(), free_port()
+    env = {
+        "GATEWAY_TRACKING_URI": store,
+        "GATEWAY_DATA_PORT": str(data_port),
+        "BENTOML_HOME": str(logs / "bentoml-home"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_CONFIG_OPTIONS": f"services.lineage_gateway.workers={workers}",
+        **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
+    }
+    args = [str(VENV_BIN / "bentoml"), "serve", "--port", str(port), "--host", "127.0.0.1"]
+    with process(args, cwd=REPO, env=env, log=logs / "bentoml.log") as proc:
+        base, data = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{data_port}"
+        wait_until(http_ok(f"{base}/readyz"), 120, "bentoml serve", proc)
+        wait_until(http_ok(f"{data}/ready"), 30, "data plane", proc)
+        yield base, data
+
+
+def metric_samples(text: str, name: str) -> dict[str, float]:
+    """``{labels: value}`` for every sample of ``name`` in a Prometheus exposition."""
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            if key == name or key.startswith(name + "{"):
+                samples[key.removeprefix(name)] = float(value)
+    return samples

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import mlflow
+import pandas as pd
 import pytest
 
 from tests.conftest import FAST_LOANS, train_ok
-from tests.helpers import REPO, VENV_BIN, free_port, http_ok, process, wait_until
+from tests.helpers import (
+    REPO,
+    VENV_BIN,
+    free_port,
+    http_ok,
+    metric_samples,
+    process,
+    serve_gateway,
+    wait_until,
+)
 from trainers import pipelines
 from trainers.packaging import unwrap
 
@@ -85,28 +99,22 @@ def test_mlflow_models_serve_answers_the_same_artifact(trained: str, tmp_path: P
 
 
 @pytest.fixture(scope="module")
-def gateway(trained: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``bentoml serve`` of the repository's bentofile, on a free port."""
-    logs = tmp_path_factory.mktemp("bento")
-    port = free_port()
-    args = [str(VENV_BIN / "bentoml"), "serve", "--port", str(port), "--host", "127.0.0.1"]
-    env = {
-        "GATEWAY_TRACKING_URI": trained,
-        "GATEWAY_PIPELINE": "loans",
-        "BENTOML_HOME": str(logs / "bentoml-home"),
-    }
-    with process(args, cwd=REPO, env=env, log=logs / "bentoml.log") as proc:
-        base = f"http://127.0.0.1:{port}"
-        wait_until(http_ok(f"{base}/readyz"), 120, "bentoml serve", proc)
-        yield base
+def gateway(trained: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A real two-worker ``bentoml serve``: BentoML's port and the data plane's."""
+    with serve_gateway(trained, tmp_path_factory.mktemp("bento")) as ports:
+        yield ports
 
 
-def test_gateway_answers_business_objects_with_lineage(gateway: str, trained: str) -> None:
+def test_gateway_answers_business_objects_with_lineage(
+    gateway: tuple[str, str], trained: str
+) -> None:
     expected = direct_answers(trained, [APPLICATION, YOUNG])
     mlflow.set_tracking_uri(trained)
     version = mlflow.MlflowClient(trained, trained).get_model_version_by_alias("loans", "champion")
-    for application, answer in zip([APPLICATION, YOUNG], expected, strict=True):
-        response = httpx.post(f"{gateway}/predict", json={"application": application}, timeout=30)
+    for base, (application, answer) in itertools.product(
+        gateway, zip([APPLICATION, YOUNG], expected, strict=True)
+    ):
+        response = httpx.post(f"{base}/predict", json={"application": application}, timeout=30)
         assert response.status_code == 200, response.text
         body = response.json()
         # float32 kernels may differ in the last bits between processes (threads, BLAS path)
@@ -123,52 +131,144 @@ def test_gateway_answers_business_objects_with_lineage(gateway: str, trained: st
         assert response.headers["x-run-id"] == version.run_id
 
 
-@pytest.mark.parametrize(
-    ("body", "headers", "status", "fragments"),
-    [
-        ("{not json", {"content-type": "application/json"}, 400, ["not valid JSON"]),
-        (
-            '{"application": {"income": NaN}}',
-            {"content-type": "application/json"},
-            400,
-            ["NaN is not a valid JSON number"],
-        ),
-        ('{"application": {}}', {"content-type": "text/plain"}, 415, ["application/json"]),
-        ("[1, 2]", {"content-type": "application/json"}, 422, ["'application'"]),
-        (
-            '{"applicant": {}}',
-            {"content-type": "application/json"},
-            422,
-            ["applicant", "expected exactly one key 'application'"],
-        ),
-        (
-            '{"application": {"income": -1, "age": 30, "loan_amount": 100, "term_months": 13, '
-            '"employment_status": "astronaut", "purpose": "car"}}',
-            {"content-type": "application/json"},
-            422,
-            [
-                "application.income",
-                "greater than or equal to 0",
-                "application.term_months",
-                "12, 24, 36, 48 or 60",
-                "application.employment_status",
-                "'retired'",
-            ],
-        ),
-        (
-            '{"application": {"age": 30}}',
-            {"content-type": "application/json"},
-            422,
-            ["application.income: Field required"],
-        ),
-    ],
-)
+JSON = {"content-type": "application/json"}
+VALID = json.dumps(APPLICATION)
+BAD_INPUT = [
+    ("/predict", "{not json", JSON, 400, ["not valid JSON"]),
+    ("/predict", '{"application": {"income": NaN}}', JSON, 400, ["NaN is not a valid JSON"]),
+    ("/predict", '{"application": {"income": Infinity}}', JSON, 400, ["Infinity is not a valid"]),
+    ("/predict", VALID, {"content-type": "text/plain"}, 415, ["must be application/json"]),
+    ("/predict", "[1, 2]", JSON, 422, ["'application'"]),
+    ("/predict", '{"applicant": {}}', JSON, 422, ["applicant", "exactly one key 'application'"]),
+    (
+        "/predict",
+        '{"application": {"income": -1, "age": 30, "loan_amount": 100, "term_months": 13, '
+        '"employment_status": "astronaut", "purpose": "car"}}',
+        JSON,
+        422,
+        [
+            "application.income",
+            "greater than or equal to 0",
+            "application.term_months",
+            "12, 24, 36, 48 or 60",
+            "application.employment_status",
+            "'retired'",
+        ],
+    ),
+    ("/predict", '{"application": {"age": 30}}', JSON, 422, ["application.income: Field required"]),
+    ("/predict", '{"application": {"age": "old"}}', JSON, 422, ["application.age", "integer"]),
+    (
+        "/predict",
+        json.dumps({"application": {**APPLICATION, "pet": "cat"}}),
+        JSON,
+        422,
+        ["application.pet", "Extra inputs are not permitted"],
+    ),
+    (
+        "/predict/bulk",
+        json.dumps({"applications": [APPLICATION] * 1001}),
+        JSON,
+        422,
+        ["applications must be a list of 1 to 1000 objects, got 1001 items"],
+    ),
+    ("/predict/bulk", '{"applications": []}', JSON, 422, ["got 0 items"]),
+    (
+        "/predict/bulk",
+        json.dumps({"applications": [APPLICATION, {**APPLICATION, "age": 7}]}),
+        JSON,
+        422,
+        ["applications.1.age", "greater than or equal to 18"],
+    ),
+    (
+        "/predict",
+        json.dumps({"application": {**APPLICATION, "purpose": "x" * 3_000_000}}),
+        JSON,
+        413,
+        ["exceeds the limit of 2097152"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "status", "fragments"), BAD_INPUT)
 def test_gateway_refuses_bad_input_and_keeps_serving(
-    gateway: str, body: str, headers: dict[str, str], status: int, fragments: list[str]
+    gateway: tuple[str, str],
+    path: str,
+    body: str,
+    headers: dict[str, str],
+    status: int,
+    fragments: list[str],
 ) -> None:
-    response = httpx.post(f"{gateway}/predict", content=body, headers=headers, timeout=30)
-    assert response.status_code == status, response.text
-    for fragment in fragments:
-        assert fragment in response.text
-    ok = httpx.post(f"{gateway}/predict", json={"application": APPLICATION}, timeout=30)
-    assert ok.status_code == 200
+    for base in gateway:
+        response = httpx.post(f"{base}{path}", content=body, headers=headers, timeout=30)
+        assert response.status_code == status, response.text
+        for fragment in fragments:
+            assert fragment in response.text
+        ok = httpx.post(f"{base}/predict", json={"application": APPLICATION}, timeout=30)
+        assert ok.status_code == 200
+
+
+def loan_variants(n: int) -> list[dict[str, Any]]:
+    frame = pipelines.get("loans").generate(n, 0.3, 11)
+    records = frame.drop(columns="defaulted").to_dict("records")
+    return [{str(k): v for k, v in r.items() if pd.notna(v)} for r in records]  # NaN → missing
+
+
+async def _post_all(base: str, objects: list[dict[str, Any]]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+        return list(
+            await asyncio.gather(
+                *(client.post("/predict", json={"application": o}) for o in objects)
+            )
+        )
+
+
+def test_concurrent_calls_are_batched_and_answered_correctly(
+    gateway: tuple[str, str], trained: str
+) -> None:
+    base, data = gateway
+    objects = loan_variants(300)
+    before = metric_samples(httpx.get(f"{base}/metrics").text, "gateway_batch_size_count")
+    responses = asyncio.run(_post_all(data, objects))
+    assert [r.status_code for r in responses] == [200] * len(objects)
+    expected = direct_answers(trained, objects)
+    for response, answer in zip(responses, expected, strict=True):
+        got = response.json()["prediction"]
+        assert got["decision"] == answer["decision"]
+        assert got["default_probability"] == pytest.approx(answer["default_probability"], abs=1e-6)
+    text = httpx.get(f"{base}/metrics").text
+    batches = metric_samples(text, "gateway_batch_size_count")[""] - before.get("", 0.0)
+    rows = metric_samples(text, "gateway_batch_size_sum")[""]
+    assert 0 < batches < len(objects)  # answered in fewer batches than requests
+    assert rows / metric_samples(text, "gateway_batch_size_count")[""] > 1
+
+    bulk = httpx.post(f"{data}/predict/bulk", json={"applications": objects[:50]}, timeout=30)
+    assert bulk.status_code == 200
+    assert [p["decision"] for p in bulk.json()["predictions"]] == [
+        a["decision"] for a in expected[:50]
+    ]
+
+
+def test_model_live_ready_and_every_documented_metric(gateway: tuple[str, str]) -> None:
+    base, data = gateway
+    for url in gateway:
+        assert httpx.get(f"{url}/live").json() == {"live": True}
+        assert httpx.get(f"{url}/ready").json()["ready"] is True
+        info = httpx.get(f"{url}/model").json()
+        assert info["model_name"] == "loans"
+        assert info["input_schema"]["properties"]["age"]["minimum"] == 18
+        assert "decision" in info["output_schema"]["properties"]
+    httpx.post(f"{data}/predict", json={"application": {"age": 3}})  # a validation error
+    httpx.post(f"{data}/predict", json={"application": APPLICATION})
+    documented = re.findall(r"^\| `(gateway_[a-z_]+)`", (REPO / "README.md").read_text(), re.M)
+    assert len(documented) >= 10
+    for url in gateway:
+        text = httpx.get(f"{url}/metrics").text
+        missing = [
+            name
+            for name in documented
+            if not (metric_samples(text, name) or metric_samples(text, f"{name}_count"))
+        ]
+        assert not missing, f"documented but not exported on {url}: {missing}"
+    info = metric_samples(httpx.get(f"{base}/metrics").text, "gateway_model_info")
+    assert list(info.values()) == [1.0]
