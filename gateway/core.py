@@ -101,6 +101,7 @@ class GatewayCore:
         self.served = Served(model, settings, metrics)
         self.ready = False
         self._swap_lock = asyncio.Lock()
+        self._refused: str | None = None  # a version that failed; retried only on reload
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -163,9 +164,11 @@ class GatewayCore:
                     lambda: self.metrics.swaps.labels(current.model.name, "refused").inc()
                 )
                 log.error("refused to swap to %s: %s", version or self.settings.model_uri, exc)
+                self._refused = version
                 return {"swapped": False, "error": str(exc), **current.lineage}
             if model.version == current.model.version:
                 return {"swapped": False, **current.lineage}
+            self._refused = None
             fresh = Served(model, self.settings, self.metrics)
             fresh.batcher.start()
             self.served = fresh
@@ -207,8 +210,9 @@ class GatewayCore:
             except Exception as exc:
                 log.warning("cannot read %s@%s: %s", name, alias, exc)
                 continue
-            if str(mv.version) != self.served.model.version:
-                await self.swap(str(mv.version))
+            version = str(mv.version)
+            if version not in (self.served.model.version, self._refused):
+                await self.swap(version)
 
 
 def bulk_key(model: LoadedModel) -> str:
