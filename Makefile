@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # BentoML's usage analytics would try to reach the internet from every server start.
 export BENTOML_DO_NOT_TRACK = true
 
-.PHONY: install serve test lint unit
+.PHONY: install serve test lint bento
 
 # torch first, pinned: the CPU wheel on local disk; an open range would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -25,6 +25,12 @@ install: $(STAMP)
 serve: install
 	$(BIN)/trainers train $(PIPELINE) --unless-champion
 	GATEWAY_PIPELINE=$(PIPELINE) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml serve --port $(PORT)
+
+# A self-contained bento: the champion imported into the BentoML model store and built in.
+bento: install
+	$(BIN)/trainers train $(PIPELINE) --unless-champion
+	GATEWAY_PIPELINE=$(PIPELINE) $(BIN)/python -m gateway.bundle --out bentos/bundle.json
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml build; status=$$?; rm -f bentos/bundle.json; exit $$status
 
 lint: install
 	$(BIN)/ruff check .

@@ -83,9 +83,19 @@ def verify(directory: Path, recorded: dict[str, str], what: str) -> None:
         )
 
 
-def load(settings: GatewaySettings, version: str | None = None) -> LoadedModel:
-    """``version`` (default: the one ``settings.alias`` points at), verified against its run's
-    recorded sha256 values, loaded on the serving device and warmed up."""
+@dataclass(frozen=True)
+class Fetched:
+    """A registered version's files on local disk, with what identifies them."""
+
+    name: str
+    version: str
+    run_id: str
+    model_dir: Path
+    recorded: dict[str, str]
+
+
+def fetch(settings: GatewaySettings, version: str | None, into: Path) -> Fetched:
+    """Download ``version`` (default: the alias's) and its recorded sha256 values into ``into``."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     name = settings.pipeline
@@ -96,25 +106,29 @@ def load(settings: GatewaySettings, version: str | None = None) -> LoadedModel:
             else client.get_model_version_by_alias(name, settings.alias)
         )
         source = client.get_model_version_download_uri(name, mv.version)
-        with tempfile.TemporaryDirectory(prefix="gateway-model-") as tmp:
-            hashes = client.download_artifacts(str(mv.run_id), ARTIFACT_HASHES, tmp)
-            recorded = json.loads(Path(hashes).read_text())
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
-            model_dir = local / "model" if (local / "model" / "MLmodel").exists() else local
-            verify(model_dir, recorded, f"{name} v{mv.version}")
-            model = mlflow.pyfunc.load_model(str(model_dir))
-            inner = model.unwrap_python_model()
-            examples = list(inner.pipeline.inputs_from_frame(model.input_example))
+        hashes = client.download_artifacts(str(mv.run_id), ARTIFACT_HASHES, str(into))
+        recorded = json.loads(Path(hashes).read_text())
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into)))
     except MlflowException as exc:
         what = f"{name} v{version}" if version else settings.model_uri
         raise ModelUnavailable(
             f"cannot load {what} from {settings.tracking_uri}: {exc.message}"
         ) from exc
+    return Fetched(name, str(mv.version), str(mv.run_id), local, recorded)
+
+
+def load_local(fetched: Fetched) -> LoadedModel:
+    """Verify ``fetched`` against its recorded sha256 values, load it on the serving device and
+    warm it up."""
+    verify(fetched.model_dir, fetched.recorded, f"{fetched.name} v{fetched.version}")
+    model = mlflow.pyfunc.load_model(str(fetched.model_dir))
+    inner = model.unwrap_python_model()
     pipeline = inner.pipeline
+    examples = list(pipeline.inputs_from_frame(model.input_example))
     loaded = LoadedModel(
-        name=name,
-        version=str(mv.version),
-        run_id=str(mv.run_id),
+        name=fetched.name,
+        version=fetched.version,
+        run_id=fetched.run_id,
         input_key=pipeline.input_key,
         input_model=pipeline.Input,
         output_model=pipeline.Output,
@@ -123,3 +137,10 @@ def load(settings: GatewaySettings, version: str | None = None) -> LoadedModel:
     )
     loaded.predict_batch(examples)  # warm-up: first-call allocations happen here, not on a request
     return loaded
+
+
+def load(settings: GatewaySettings, version: str | None = None) -> LoadedModel:
+    """``version`` (default: the one ``settings.alias`` points at) from the registry, verified,
+    loaded on the serving device and warmed up."""
+    with tempfile.TemporaryDirectory(prefix="gateway-model-") as tmp:
+        return load_local(fetch(settings, version, Path(tmp)))
