@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # BentoML's usage analytics would try to reach the internet from every server start.
 export BENTOML_DO_NOT_TRACK = true
 
-.PHONY: install serve test lint bento
+.PHONY: install serve test lint bento bench
 
 # torch first, pinned: the CPU wheel on local disk; an open range would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -31,6 +31,11 @@ bento: install
 	$(BIN)/trainers train $(PIPELINE) --unless-champion
 	GATEWAY_PIPELINE=$(PIPELINE) $(BIN)/python -m gateway.bundle --out bentos/bundle.json
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml build; status=$$?; rm -f bentos/bundle.json; exit $$status
+
+# Not part of `make test`: throughput and latency against mlflow models serve and plain BentoML.
+bench: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

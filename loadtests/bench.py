@@ -1,0 +1,280 @@
+"""`make bench`: the `loans` pipeline served three ways on this machine, in one run, under the same
+closed-loop load — `mlflow models serve` of the logged model, the plain BentoML service
+(`loadtests/plain_service.py`), and the gateway — then the gateway's ratios to the other two.
+
+Load generator: wrk (C, keep-alive, closed loop: each of the 64 connections sends its next
+request when the previous answer arrives), one object per request, 20 s per server, after a 3 s
+warm-up. wrk runs on the same machine as the servers, so the numbers are comparable with each
+other, not with another machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+OBJECT = {
+    "income": 52000.0,
+    "age": 34,
+    "loan_amount": 12000.0,
+    "term_months": 36,
+    "employment_status": "employed",
+    "purpose": "car",
+    "credit_history_years": 6.5,
+}
+
+
+@dataclass
+class Server:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    ready: str  # path polled for readiness
+    predict: str  # path for one object
+    body: dict[str, object]  # one object, in this server's format
+    bulk_body: dict[str, object]  # 1,000 objects
+    bulk_path: str
+
+
+@dataclass
+class Result:
+    server: str
+    workers: int
+    ok_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cold_start_s: float
+    bulk_objects_per_s: float
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running(server: Server, log: Path) -> Iterator[float]:
+    """Start ``server``; yield its cold start (process start → ready) in seconds."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **server.env}
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            server.args,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{server.name} exited; see {log}")
+                try:
+                    if httpx.get(server.ready, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.perf_counter() - started > 180:
+                    raise RuntimeError(f"{server.name} not ready after 180 s; see {log}")
+                time.sleep(0.05)
+            yield time.perf_counter() - started
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wrk(
+    url: str, body: dict[str, object], seconds: int, connections: int
+) -> tuple[float, float, float, int]:
+    """(ok req/s, p50 ms, p99 ms, errors) from a wrk run posting ``body``."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(json.dumps(body))}\n"
+    )
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    duration = float(re.search(r"requests in ([\d.]+)s", out).group(1))  # type: ignore[union-attr]
+    non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = sum(int(g) for g in sock.groups()) if sock else 0
+
+    def quantile(q: str) -> float:
+        value, unit = re.search(rf"{q}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = non_2xx + socket_errors
+    return (total - non_2xx) / duration, quantile("50"), quantile("99"), errors
+
+
+def bulk_rate(url: str, body: dict[str, object], objects: int, repeats: int = 5) -> float:
+    best = float("inf")
+    with httpx.Client(timeout=120) as client:
+        client.post(url, json=body).raise_for_status()
+        for _ in range(repeats):
+            started = time.perf_counter()
+            client.post(url, json=body).raise_for_status()
+            best = min(best, time.perf_counter() - started)
+    return objects / best
+
+
+def servers(store: str, workers: int, home: Path) -> list[Server]:
+    bulk = [OBJECT] * 1000
+    port = free_port()
+    mlflow_server = Server(
+        "mlflow models serve",
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/loans@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        {"MLFLOW_TRACKING_URI": store},
+        f"http://127.0.0.1:{port}/ping",
+        f"http://127.0.0.1:{port}/invocations",
+        {"dataframe_records": [OBJECT]},
+        {"dataframe_records": bulk},
+        f"http://127.0.0.1:{port}/invocations",
+    )
+    port = free_port()
+    plain = Server(
+        "plain BentoML",
+        [
+            str(BIN / "bentoml"),
+            "serve",
+            "loadtests.plain_service:PlainLoans",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        {
+            "PLAIN_MODEL_URI": "models:/loans@champion",
+            "MLFLOW_TRACKING_URI": store,
+            "BENTOML_HOME": str(home),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "BENTOML_CONFIG_OPTIONS": f"services.plain_loans.workers={workers}",
+        },
+        f"http://127.0.0.1:{port}/readyz",
+        f"http://127.0.0.1:{port}/predict",
+        {"applications": [OBJECT]},
+        {"applications": bulk},
+        f"http://127.0.0.1:{port}/predict",
+    )
+    port, data = free_port(), free_port()
+    gateway = Server(
+        "gateway",
+        [str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        {
+            "GATEWAY_TRACKING_URI": store,
+            "GATEWAY_DATA_PORT": str(data),
+            "BENTOML_HOME": str(home),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "BENTOML_CONFIG_OPTIONS": f"services.lineage_gateway.workers={workers}",
+        },
+        f"http://127.0.0.1:{data}/ready",
+        f"http://127.0.0.1:{data}/predict",
+        {"application": OBJECT},
+        {"applications": bulk},
+        f"http://127.0.0.1:{data}/predict/bulk",
+    )
+    return [mlflow_server, plain, gateway]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Benchmark the gateway against its baselines.")
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, os.cpu_count() or 1])
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (make bench installs it with apt-get)")
+
+    work = Path(tempfile.mkdtemp(prefix="lineage-bench-"))
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    print(f"training loans into {store} …", flush=True)
+    subprocess.run(
+        [str(BIN / "trainers"), "--tracking-uri", store, "train", "loans"],
+        cwd=work,
+        check=True,
+        capture_output=True,
+    )
+    results: list[Result] = []
+    for workers in sorted(set(args.workers)):
+        for server in servers(store, workers, work / "bentoml"):
+            print(f"{server.name}, {workers} worker(s) …", flush=True)
+            with running(server, work / f"{server.name.replace(' ', '_')}-{workers}.log") as cold:
+                wrk(server.predict, server.body, 3, args.connections)  # warm-up
+                ok, p50, p99, errors = wrk(
+                    server.predict, server.body, args.seconds, args.connections
+                )
+                bulk = bulk_rate(server.bulk_path, server.bulk_body, 1000)
+            results.append(Result(server.name, workers, ok, p50, p99, errors, cold, bulk))
+    report(results, args.connections, args.seconds)
+
+
+def report(results: list[Result], connections: int, seconds: int) -> None:
+    print(f"\n{connections} connections, one object per request, {seconds} s each (wrk)\n")
+    header = (
+        f"{'server':<22}{'workers':>8}{'ok req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'errors':>8}{'cold s':>8}{'bulk obj/s':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r.server:<22}{r.workers:>8}{r.ok_per_s:>10.0f}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}"
+            f"{r.errors:>8}{r.cold_start_s:>8.1f}{r.bulk_objects_per_s:>12.0f}"
+        )
+    print()
+    for workers in sorted({r.workers for r in results}):
+        by = {r.server: r for r in results if r.workers == workers}
+        g = by["gateway"]
+        print(
+            f"{workers} worker(s): gateway / mlflow models serve = "
+            f"{g.ok_per_s / by['mlflow models serve'].ok_per_s:.1f}x, "
+            f"gateway / plain BentoML = {g.ok_per_s / by['plain BentoML'].ok_per_s:.1f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
