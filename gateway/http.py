@@ -9,15 +9,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.batching import Overloaded
-from gateway.core import GatewayCore, parse_json
+from gateway.core import GatewayCore, bulk_key, parse_json
 from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
+from gateway.loader import LoadedModel
 
 LINEAGE_HEADERS = {
     "model_name": "x-model-name",
@@ -117,23 +119,6 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         result = await core.swap()
         return JSONResponse(result, status_code=200 if "error" not in result else 409)
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        core = get_core()
-        await core.start()
-        settings = core.settings
-        plane = (
-            DataPlane(app, settings.data_host, settings.data_port) if settings.data_port else None
-        )
-        if plane is not None:
-            await plane.start()
-        try:
-            yield
-        finally:
-            if plane is not None:
-                await plane.stop()
-            await core.stop()
-
     routes = {
         ("/predict", "POST"): predicting(GatewayCore.predict_one),
         ("/predict/bulk", "POST"): predicting(GatewayCore.predict_many),
@@ -143,13 +128,96 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         ("/metrics", "GET"): metrics,
         ("/admin/reload", "POST"): reload,
     }
-    return Starlette(
-        routes=[
-            Route(path, counted(path, endpoint), methods=[method])
-            for (path, method), endpoint in routes.items()
-        ],
-        lifespan=lifespan,
-    )
+    handlers = {key: counted(key[0], endpoint) for key, endpoint in routes.items()}
+    docs: dict[str, dict[str, Any]] = {path: {} for path, _ in routes}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        core = get_core()
+        await core.start()
+        for path, extra in describe(core.served.model).items():
+            docs[path].update(extra)
+        settings = core.settings
+        plane = None
+        if settings.data_port:
+            fast = Starlette(routes=[Route(p, h, methods=[m]) for (p, m), h in handlers.items()])
+            plane = DataPlane(fast, settings.data_host, settings.data_port)
+            await plane.start()
+        try:
+            yield
+        finally:
+            if plane is not None:
+                await plane.stop()
+            await core.stop()
+
+    # Mounted in the Bento: a FastAPI app, because BentoML's OpenAPI document includes the
+    # routes of mounted FastAPI apps; the business schemas are filled in once the model is loaded.
+    documented = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    for (path, method), handler in handlers.items():
+        documented.add_api_route(
+            path,
+            handler,
+            methods=[method],
+            openapi_extra=docs[path],
+            tags=["gateway"],
+            summary=SUMMARIES[path],
+        )
+    return documented
+
+
+SUMMARIES = {
+    "/predict": "Answer one business object",
+    "/predict/bulk": "Answer a list of business objects",
+    "/live": "Liveness",
+    "/ready": "Readiness: model loaded, verified and warmed up",
+    "/model": "The served model: name, version, run id, schemas",
+    "/metrics": "Prometheus metrics of all workers",
+    "/admin/reload": "Read the registry alias now and swap if it moved (bearer token)",
+}
+
+
+def describe(model: LoadedModel) -> dict[str, dict[str, Any]]:
+    """OpenAPI request and response bodies of the predict routes for ``model``'s schemas."""
+    key, bulk = model.input_key, bulk_key(model)
+    item = model.input_model.model_json_schema()
+    answer = model.output_model.model_json_schema()
+    lineage = {name: {"type": "string"} for name in LINEAGE_HEADERS}
+
+    def body(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    def ok(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"200": {"description": "the answer and the model that gave it", **body(schema)}}
+
+    return {
+        "/predict": {
+            "requestBody": body(
+                {
+                    "type": "object",
+                    "properties": {key: item},
+                    "required": [key],
+                    "additionalProperties": False,
+                }
+            ),
+            "responses": ok({"type": "object", "properties": {"prediction": answer, **lineage}}),
+        },
+        "/predict/bulk": {
+            "requestBody": body(
+                {
+                    "type": "object",
+                    "required": [bulk],
+                    "additionalProperties": False,
+                    "properties": {bulk: {"type": "array", "items": item, "minItems": 1}},
+                }
+            ),
+            "responses": ok(
+                {
+                    "type": "object",
+                    "properties": {"predictions": {"type": "array", "items": answer}, **lineage},
+                }
+            ),
+        },
+    }
 
 
 def _count(core: GatewayCore, endpoint: str, status: int, elapsed: float) -> None:

@@ -272,3 +272,22 @@ def test_model_live_ready_and_every_documented_metric(gateway: tuple[str, str]) 
         assert not missing, f"documented but not exported on {url}: {missing}"
     info = metric_samples(httpx.get(f"{base}/metrics").text, "gateway_model_info")
     assert list(info.values()) == [1.0]
+
+
+def test_openapi_document_shows_the_business_schemas(gateway: tuple[str, str]) -> None:
+    base, _ = gateway
+    spec = httpx.get(f"{base}/docs.json").json()
+    predict = spec["paths"]["/predict"]["post"]
+    schema = predict["requestBody"]["content"]["application/json"]["schema"]
+    application = schema["properties"]["application"]
+    assert application["properties"]["age"]["minimum"] == 18
+    assert application["properties"]["term_months"]["enum"] == [12, 24, 36, 48, 60]
+    assert "employment_status" in application["required"]
+    answer = predict["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["properties"]["prediction"]["properties"]["decision"]["enum"] == [
+        "approve",
+        "review",
+        "decline",
+    ]
+    bulk = spec["paths"]["/predict/bulk"]["post"]["requestBody"]["content"]["application/json"]
+    assert "applications" in bulk["schema"]["properties"]
