@@ -14,12 +14,11 @@ from pathlib import Path
 import bentoml
 from bentoml.models import BentoModel
 
-from gateway.bundle import load_bundled
 from gateway.core import GatewayCore
 from gateway.errors import ModelUnavailable
 from gateway.http import create_app
-from gateway.loader import LoadedModel, load
 from gateway.metrics import GatewayMetrics
+from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +49,10 @@ class Gateway:
         self.core = GatewayCore(self._load(settings), settings, GatewayMetrics())
 
     def _load(self, settings: GatewaySettings) -> LoadedModel:
+        # MLflow and torch load here, in the worker, not when BentoML imports this module.
+        from gateway.bundle import load_bundled
+        from gateway.loader import load
+
         try:
             return load(settings)
         except ModelUnavailable as exc:

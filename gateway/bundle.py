@@ -17,7 +17,8 @@ from pathlib import Path
 import bentoml
 from mlflow import MlflowClient
 
-from gateway.loader import Fetched, LoadedModel, fetch, load_local, verify
+from gateway.loader import Fetched, fetch, load_local, verify
+from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
 
 MANIFEST = "lineage_gateway.json"

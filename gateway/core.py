@@ -10,13 +10,12 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from mlflow import MlflowClient
 from pydantic import BaseModel, ValidationError
 
 from gateway.batching import Batcher, BatchStats
 from gateway.errors import BadRequest, InvalidInput
-from gateway.loader import LoadedModel, load
 from gateway.metrics import GatewayMetrics, outcome_field
+from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -93,11 +92,11 @@ class GatewayCore:
         model: LoadedModel,
         settings: GatewaySettings,
         metrics: GatewayMetrics,
-        loader: Callable[[GatewaySettings, str | None], LoadedModel] = load,
+        loader: Callable[[GatewaySettings, str | None], LoadedModel] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.loader = loader
+        self.loader = loader or _from_registry
         self.served = Served(model, settings, metrics)
         self.ready = False
         self._swap_lock = asyncio.Lock()
@@ -201,6 +200,8 @@ class GatewayCore:
 
     async def _follow_alias(self) -> None:
         """Poll the registry alias; swap when it moves. A store that is down changes nothing."""
+        from mlflow import MlflowClient
+
         client = MlflowClient(self.settings.tracking_uri, self.settings.tracking_uri)
         name, alias = self.settings.pipeline, self.settings.alias
         while True:
@@ -213,6 +214,12 @@ class GatewayCore:
             version = str(mv.version)
             if version not in (self.served.model.version, self._refused):
                 await self.swap(version)
+
+
+def _from_registry(settings: GatewaySettings, version: str | None) -> LoadedModel:
+    from gateway.loader import load  # MLflow and torch: only where a model is loaded
+
+    return load(settings, version)
 
 
 def bulk_key(model: LoadedModel) -> str:

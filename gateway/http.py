@@ -19,7 +19,7 @@ from gateway.batching import Overloaded
 from gateway.core import GatewayCore, bulk_key, parse_json
 from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
-from gateway.loader import LoadedModel
+from gateway.model import LoadedModel
 
 LINEAGE_HEADERS = {
     "model_name": "x-model-name",

@@ -7,18 +7,15 @@ import hashlib
 import json
 import os
 import tempfile
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from pydantic import BaseModel
 
 from gateway.errors import ModelUnavailable
+from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
 
 ARTIFACT_HASHES = "lineage/artifact_sha256.json"
@@ -29,38 +26,6 @@ REGISTRY_BOOKKEEPING = frozenset({"registered_model_meta"})
 
 class IntegrityError(ModelUnavailable):
     """A model's files do not match the sha256 values its run recorded."""
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A registered pipeline version, verified, loaded on the serving device and warmed up."""
-
-    name: str
-    version: str
-    run_id: str
-    input_key: str
-    input_model: type[BaseModel]
-    output_model: type[BaseModel]
-    predictor: Any
-    examples: list[BaseModel]
-    loaded_at: float = field(default_factory=time.time)
-
-    def predict_batch(self, inputs: Sequence[BaseModel]) -> list[BaseModel]:
-        outputs: list[BaseModel] = self.predictor.predict_batch(inputs)
-        if len(outputs) != len(inputs):
-            raise RuntimeError(f"pipeline returned {len(outputs)} answers for {len(inputs)} inputs")
-        return outputs
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "model_name": self.name,
-            "model_version": self.version,
-            "run_id": self.run_id,
-            "loaded_at": self.loaded_at,
-            "input_key": self.input_key,
-            "input_schema": self.input_model.model_json_schema(),
-            "output_schema": self.output_model.model_json_schema(),
-        }
 
 
 def sha256_tree(directory: Path) -> dict[str, str]:
@@ -121,7 +86,9 @@ def load_local(fetched: Fetched) -> LoadedModel:
     """Verify ``fetched`` against its recorded sha256 values, load it on the serving device and
     warm it up."""
     verify(fetched.model_dir, fetched.recorded, f"{fetched.name} v{fetched.version}")
-    model = mlflow.pyfunc.load_model(str(fetched.model_dir))
+    # The files were just checked against their recorded hashes; MLflow's comparison of the
+    # training environment's requirements with this one costs ~1.5 s and is skipped.
+    model = mlflow.pyfunc.load_model(str(fetched.model_dir), suppress_warnings=True)
     inner = model.unwrap_python_model()
     pipeline = inner.pipeline
     examples = list(pipeline.inputs_from_frame(model.input_example))

@@ -104,5 +104,5 @@ def log_pipeline_model(
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    names = ["torch", "mlflow", "pandas", "numpy", "pydantic", "safetensors", "pyarrow", "scipy"]
+    names = ["torch", "mlflow", "pandas", "numpy", "pydantic", "safetensors", "pyarrow"]
     return [f"{n}=={version(n)}" for n in names]

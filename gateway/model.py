@@ -1,0 +1,46 @@
+"""The one interface serving calls: a loaded, verified, warmed-up pipeline version.
+
+Kept apart from :mod:`gateway.loader` so that importing the service (which BentoML also does in
+its supervising process) does not pull in MLflow and torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registered pipeline version, verified, loaded on the serving device and warmed up."""
+
+    name: str
+    version: str
+    run_id: str
+    input_key: str
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    predictor: Any
+    examples: list[BaseModel]
+    loaded_at: float = field(default_factory=time.time)
+
+    def predict_batch(self, inputs: Sequence[BaseModel]) -> list[BaseModel]:
+        outputs: list[BaseModel] = self.predictor.predict_batch(inputs)
+        if len(outputs) != len(inputs):
+            raise RuntimeError(f"pipeline returned {len(outputs)} answers for {len(inputs)} inputs")
+        return outputs
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model_name": self.name,
+            "model_version": self.version,
+            "run_id": self.run_id,
+            "loaded_at": self.loaded_at,
+            "input_key": self.input_key,
+            "input_schema": self.input_model.model_json_schema(),
+            "output_schema": self.output_model.model_json_schema(),
+        }
