@@ -64,12 +64,11 @@ def process(
     """
     if inherit_path:
         env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **env}
-    full_env = env
     with log.open("wb") as out:
         proc = subprocess.Popen(
             list(args),
             cwd=cwd,
-            env=full_env,
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
