@@ -163,7 +163,8 @@ class GatewayCore:
                     lambda: self.metrics.swaps.labels(current.model.name, "refused").inc()
                 )
                 log.error("refused to swap to %s: %s", version or self.settings.model_uri, exc)
-                self._refused = version
+                if version is not None:  # the watcher will not retry it until the alias moves
+                    self._refused = version
                 return {"swapped": False, "error": str(exc), **current.lineage}
             if model.version == current.model.version:
                 return {"swapped": False, **current.lineage}

@@ -32,9 +32,10 @@ class Load:
             while not self.stop.is_set():
                 try:
                     r = client.post(self.url, json={"application": APPLICATION})
-                    result = (r.status_code, r.headers.get("x-model-version", ""))
+                    detail = r.headers.get("x-model-version", "") if r.is_success else r.text
+                    result = (r.status_code, detail)
                 except httpx.HTTPError as exc:
-                    result = (0, type(exc).__name__)
+                    result = (0, f"{type(exc).__name__}: {exc}")
                 with self.lock:
                     self.results.append(result)
 
@@ -101,8 +102,8 @@ def test_promote_rollback_and_refuse_a_tampered_version_under_load(
 
         metrics = httpx.get(f"{base}/metrics").text
 
-    statuses = Counter(status for status, _ in load.results)
-    assert statuses == {200: len(load.results)}, statuses
+    failures = [(status, detail) for status, detail in load.results if status != 200]
+    assert not failures, f"{len(failures)} of {len(load.results)} failed: {failures[:5]}"
     versions = Counter(v for _, v in load.results)
     assert versions["2"] >= 40
     assert set(versions) == {"1", "2"}
