@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import json
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -49,6 +51,7 @@ class Served:
             "run_id": model.run_id,
         }
         self.outcome = outcome_field(model.output_model)
+        self.precision = _precision(model, settings.bf16)
         self.batcher: Batcher[BaseModel, BaseModel] = Batcher(
             self.run_batch,
             max_batch_size=settings.max_batch_size,
@@ -62,7 +65,7 @@ class Served:
         predictor, metrics = self.model.predictor, self.metrics
         with metrics.timed("preprocess"):
             features = predictor.preprocess(items)
-        with metrics.timed("model"):
+        with metrics.timed("model"), self.precision():
             raw = predictor.forward(features)
         with metrics.timed("postprocess"):
             outputs: list[BaseModel] = predictor.postprocess(raw, items)
@@ -81,6 +84,17 @@ class Served:
         self.metrics.batch_size.observe(stats.size)
         self.metrics.batch_wait.observe(stats.oldest_wait_s)
         self.metrics.queue_depth.set(stats.queued_after)
+
+
+def _precision(model: LoadedModel, bf16: bool) -> Callable[[], AbstractContextManager[Any]]:
+    """A context factory for the forward pass: bfloat16 autocast on the model's device when asked
+    (entered in the device thread, where autocast state lives), else nothing."""
+    if not bf16:
+        return contextlib.nullcontext
+    import torch
+
+    device_type = model.predictor.device.type
+    return lambda: torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 class GatewayCore:

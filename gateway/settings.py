@@ -30,6 +30,9 @@ class GatewaySettings(BaseSettings):
     batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     """How long the oldest queued object may wait for companions before its batch goes."""
 
+    bf16: bool = False
+    """Run the model under bfloat16 autocast (for CUDA; CPU works but rarely gains)."""
+
     max_queue: int = Field(default=2048, ge=1)
     """Objects allowed to wait for the device; beyond that, 503 with Retry-After."""
 

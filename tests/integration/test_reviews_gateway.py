@@ -4,7 +4,9 @@ the field; good ones are answered in batches."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -18,14 +20,25 @@ from tests.conftest import TINY_REVIEWS, train_ok
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory, reviews_data: Path) -> Iterator[TestClient]:
-    store = f"sqlite:///{tmp_path_factory.mktemp('reviews-store') / 'mlflow.db'}"
-    train_ok(store, "reviews", "--data", str(reviews_data), *TINY_REVIEWS)
-    settings = GatewaySettings(
-        pipeline="reviews", tracking_uri=store, data_port=0, poll_interval_s=0
+def store(tmp_path_factory: pytest.TempPathFactory, reviews_data: Path) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('reviews-store') / 'mlflow.db'}"
+    train_ok(uri, "reviews", "--data", str(reviews_data), *TINY_REVIEWS)
+    return uri
+
+
+@contextmanager
+def serving(store: str, **settings: Any) -> Iterator[TestClient]:
+    config = GatewaySettings(
+        pipeline="reviews", tracking_uri=store, data_port=0, poll_interval_s=0, **settings
     )
-    core = GatewayCore(load(settings), settings, GatewayMetrics())
+    core = GatewayCore(load(config), config, GatewayMetrics())
     with TestClient(create_app(lambda: core)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def client(store: str) -> Iterator[TestClient]:
+    with serving(store) as test_client:
         yield test_client
 
 
@@ -58,3 +71,16 @@ def test_reviews_are_answered(client: TestClient) -> None:
     answers = good.json()["predictions"]
     assert [set(a) for a in answers] == [{"sentiment", "positive_probability"}] * 2
     assert good.headers["x-model-name"] == "reviews"
+
+
+def test_bf16_autocast_gives_close_answers(client: TestClient, store: str) -> None:
+    reviews = [{"text": t} for t in ("a gripping plot", "dull and far too long", "not bad at all")]
+    full = client.post("/predict/bulk", json={"reviews": reviews}).json()["predictions"]
+    with serving(store, bf16=True) as half:
+        response = half.post("/predict/bulk", json={"reviews": reviews})
+    assert response.status_code == 200
+    halves = response.json()["predictions"]
+    for a, b in zip(full, halves, strict=True):
+        assert b["positive_probability"] == pytest.approx(a["positive_probability"], abs=0.05)
+    # bfloat16 keeps 8 bits of mantissa: the autocast really ran if the numbers moved
+    assert [a["positive_probability"] for a in full] != [b["positive_probability"] for b in halves]
