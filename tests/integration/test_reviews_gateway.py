@@ -17,6 +17,7 @@ from gateway.loader import load
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from tests.conftest import TINY_REVIEWS, train_ok
+from tests.helpers import cli
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,38 @@ def test_bf16_autocast_gives_close_answers(client: TestClient, store: str) -> No
         assert b["positive_probability"] == pytest.approx(a["positive_probability"], abs=0.05)
     # bfloat16 keeps 8 bits of mantissa: the autocast really ran if the numbers moved
     assert [a["positive_probability"] for a in full] != [b["positive_probability"] for b in halves]
+
+
+def test_reload_needs_the_token_and_swaps_to_the_moved_alias(
+    client: TestClient, store: str, reviews_data: Path
+) -> None:
+    assert client.post("/admin/reload").status_code == 404  # no token configured: disabled
+    with serving(store, reload_token="s3cret") as guarded:
+        assert guarded.post("/admin/reload").status_code == 401
+        wrong = guarded.post("/admin/reload", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        auth = {"authorization": "Bearer s3cret"}
+        unchanged = guarded.post("/admin/reload", headers=auth).json()
+        assert unchanged["swapped"] is False
+        train_ok(
+            store,
+            "reviews",
+            "--data",
+            str(reviews_data),
+            *TINY_REVIEWS,
+            "--param",
+            "seed=5",
+            "--min-improvement",
+            "1",
+        )
+        assert cli(store, "promote", "reviews", "2").exit_code == 0
+        moved = guarded.post("/admin/reload", headers=auth).json()
+        assert (moved["swapped"], moved["model_version"], moved["previous_version"]) == (
+            True,
+            "2",
+            "1",
+        )
+        after = guarded.post("/predict", json={"review": {"text": "fine"}})
+        assert after.headers["x-model-version"] == "2"
+        metrics = guarded.get("/metrics").text
+        assert 'gateway_model_swaps_total{model="reviews",result="swapped"} 1.0' in metrics
