@@ -14,6 +14,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from gateway.batching import check_outputs
 from gateway.errors import ModelUnavailable
 from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
@@ -91,8 +92,10 @@ def load_local(fetched: Fetched) -> LoadedModel:
     model = mlflow.pyfunc.load_model(str(fetched.model_dir), suppress_warnings=True)
     inner = model.unwrap_python_model()
     pipeline = inner.pipeline
+    # Warm-up: first-call allocations happen here, not on a request.
     examples = list(pipeline.inputs_from_frame(model.input_example))
-    loaded = LoadedModel(
+    check_outputs(examples, inner.predictor.predict_batch(examples))
+    return LoadedModel(
         name=fetched.name,
         version=fetched.version,
         run_id=fetched.run_id,
@@ -100,10 +103,7 @@ def load_local(fetched: Fetched) -> LoadedModel:
         input_model=pipeline.Input,
         output_model=pipeline.Output,
         predictor=inner.predictor,
-        examples=examples,
     )
-    loaded.predict_batch(examples)  # warm-up: first-call allocations happen here, not on a request
-    return loaded
 
 
 def load(settings: GatewaySettings, version: str | None = None) -> LoadedModel:

@@ -7,7 +7,6 @@ its supervising process) does not pull in MLflow and torch.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +24,7 @@ class LoadedModel:
     input_model: type[BaseModel]
     output_model: type[BaseModel]
     predictor: Any
-    examples: list[BaseModel]
     loaded_at: float = field(default_factory=time.time)
-
-    def predict_batch(self, inputs: Sequence[BaseModel]) -> list[BaseModel]:
-        outputs: list[BaseModel] = self.predictor.predict_batch(inputs)
-        if len(outputs) != len(inputs):
-            raise RuntimeError(f"pipeline returned {len(outputs)} answers for {len(inputs)} inputs")
-        return outputs
 
     def info(self) -> dict[str, Any]:
         return {

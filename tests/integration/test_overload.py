@@ -37,9 +37,6 @@ class SlowDevice:
     def postprocess(self, raw: Any, inputs: Any) -> Any:
         return self.inner.postprocess(raw, inputs)
 
-    def predict_batch(self, inputs: Any) -> Any:
-        return self.postprocess(self.forward(self.preprocess(inputs)), inputs)
-
 
 def test_excess_load_gets_503_with_retry_after(store: str, loans_data: Path) -> None:
     train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
