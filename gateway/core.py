@@ -22,7 +22,6 @@ from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-PREDICT_ROUTES = ("/predict", "/predict/bulk")
 
 
 def _refuse_constant(name: str) -> float:
@@ -120,7 +119,6 @@ class GatewayCore:
     async def start(self) -> None:
         self.served.batcher.start()
         self._show(self.served.model, 1)
-        self.metrics.safely(lambda: self.metrics.declare(self.served.model.name, PREDICT_ROUTES))
         if self.settings.poll_interval_s > 0:
             self._watcher = asyncio.get_running_loop().create_task(self._follow_alias())
         # What exists now (libraries, the model) lives as long as the process: keep it out of the

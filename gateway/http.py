@@ -119,9 +119,12 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         result = await core.swap()
         return JSONResponse(result, status_code=200 if "error" not in result else 409)
 
-    routes = {
+    predict_routes = {
         ("/predict", "POST"): predicting(GatewayCore.predict_one),
         ("/predict/bulk", "POST"): predicting(GatewayCore.predict_many),
+    }
+    routes = {
+        **predict_routes,
         ("/live", "GET"): live,
         ("/ready", "GET"): ready,
         ("/model", "GET"): model,
@@ -135,6 +138,8 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         core = get_core()
         await core.start()
+        shed_by = tuple(path for path, _ in predict_routes)  # the routes that can shed
+        core.metrics.safely(lambda: core.metrics.declare(core.served.model.name, shed_by))
         for path, extra in describe(core.served.model).items():
             docs[path].update(extra)
         settings = core.settings
