@@ -1,9 +1,10 @@
 """Adaptive micro-batching: concurrent single-object calls become one device batch.
 
-One :class:`Batcher` per process owns the device: a single executor thread runs one batch at a
-time while the next accumulates. A batch closes when it reaches ``max_batch_size`` or when the
+A :class:`Batcher` runs a batch in its executor thread while the next accumulates (``in_flight``
+batches at a time, one by default; two where the batch waits on a device elsewhere, so that the
+next one is preprocessed meanwhile). A batch closes when it reaches ``max_batch_size`` or when the
 oldest item has waited ``max_wait_s`` — and, whenever a batch is running, everything that arrived
-meanwhile goes out together as soon as the device is free (that is the adaptive part: the heavier
+meanwhile goes out together as soon as a slot is free (that is the adaptive part: the heavier
 the load, the bigger the batches, with no extra waiting). Nothing is dropped to meet a latency
 estimate: items wait their turn, and only when the queue itself is full does :meth:`submit`
 refuse new work with :class:`Overloaded`, which the HTTP layer turns into a 503 with Retry-After.
@@ -42,10 +43,20 @@ class _Pending(Generic[I, O]):
 
 
 def take_batch(
-    pending: collections.deque[_Pending[I, O]], max_batch_size: int
+    pending: collections.deque[_Pending[I, O]],
+    max_batch_size: int,
+    weight: Callable[[I], int] | None = None,
 ) -> list[_Pending[I, O]]:
-    """Pop up to ``max_batch_size`` items, oldest first."""
-    return [pending.popleft() for _ in range(min(max_batch_size, len(pending)))]
+    """Pop items, oldest first, while their total weight (default: one each) stays within
+    ``max_batch_size``; the first item always goes, whatever its weight."""
+    if weight is None:
+        return [pending.popleft() for _ in range(min(max_batch_size, len(pending)))]
+    batch = [pending.popleft()]
+    total = weight(batch[0].item)
+    while pending and total + weight(pending[0].item) <= max_batch_size:
+        total += weight(pending[0].item)
+        batch.append(pending.popleft())
+    return batch
 
 
 def check_outputs(inputs: Sequence[object], outputs: Sequence[object]) -> None:
@@ -74,20 +85,25 @@ class Batcher(Generic[I, O]):
         max_wait_s: float,
         max_queue: int,
         on_batch: Callable[[BatchStats], None] | None = None,
+        weight: Callable[[I], int] | None = None,
+        in_flight: int = 1,
+        thread_name: str = "device",
     ) -> None:
-        if max_batch_size < 1 or max_queue < max_batch_size:
-            raise ValueError("need 1 <= max_batch_size <= max_queue")
+        if max_batch_size < 1 or max_queue < max_batch_size or in_flight < 1:
+            raise ValueError("need 1 <= max_batch_size <= max_queue and in_flight >= 1")
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.weight = weight
         self._pending: collections.deque[_Pending[I, O]] = collections.deque()
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
+        self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=thread_name)
+        self._slots = asyncio.Semaphore(in_flight)
         self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
         self._batch_s = 0.001  # running estimate of one batch's time, for Retry-After
-        self._running = False
 
     @property
     def queued(self) -> int:
@@ -100,7 +116,7 @@ class Batcher(Generic[I, O]):
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until everything queued so far is answered, so :meth:`stop` loses nothing."""
         deadline = time.perf_counter() + timeout
-        while (self._pending or self._running) and time.perf_counter() < deadline:
+        while (self._pending or self._batches) and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
 
     async def stop(self) -> None:
@@ -108,11 +124,18 @@ class Batcher(Generic[I, O]):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        for batch in list(self._batches):
+            batch.cancel()
         for entry in self._pending:
             if not entry.future.done():
                 entry.future.set_exception(RuntimeError("server is shutting down"))
         self._pending.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _count(self) -> int:
+        if self.weight is None:
+            return len(self._pending)
+        return sum(self.weight(e.item) for e in self._pending)
 
     def _retry_after(self) -> float:
         batches_ahead = len(self._pending) / self.max_batch_size + 1
@@ -129,47 +152,64 @@ class Batcher(Generic[I, O]):
         return list(await asyncio.gather(*(e.future for e in entries)))
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()  # while every slot is busy, the next batch keeps filling
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.get_running_loop().create_task(self._run(batch), name="batch")
+            self._batches.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        self._slots.release()
+
+    async def _next_batch(self) -> list[_Pending[I, O]]:
+        """Wait until a batch is full or its oldest item is due, then take it."""
         while True:
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
             oldest = self._pending[0].enqueued
             remaining = self.max_wait_s - (time.perf_counter() - oldest)
-            if len(self._pending) < self.max_batch_size and remaining > 0:
+            if self._count() < self.max_batch_size and remaining > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), remaining)
-                if len(self._pending) < self.max_batch_size and (
+                if self._count() < self.max_batch_size and (
                     time.perf_counter() - oldest < self.max_wait_s
                 ):
                     continue  # more arrived but the batch is neither full nor due: keep waiting
-            batch = take_batch(self._pending, self.max_batch_size)
+            batch = take_batch(self._pending, self.max_batch_size, self.weight)
             batch = [e for e in batch if not e.future.done()]  # callers that gave up
-            if not batch:
-                continue
-            started = time.perf_counter()
-            self._running = True
-            try:
-                outputs = await loop.run_in_executor(
-                    self._executor, self.run_batch, [e.item for e in batch]
-                )
-                check_outputs(batch, outputs)
-            except Exception as exc:  # every caller of the batch gets the error
-                for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_exception(exc)
-                continue
-            finally:
-                self._running = False
-                run_s = time.perf_counter() - started
-                self._batch_s = 0.8 * self._batch_s + 0.2 * run_s
-            for entry, output in zip(batch, outputs, strict=True):
+            if batch:
+                return batch
+
+    async def _run(self, batch: list[_Pending[I, O]]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(
+                self._executor, self.run_batch, [e.item for e in batch]
+            )
+            check_outputs(batch, outputs)
+        except Exception as exc:  # every caller of the batch gets the error
+            for entry in batch:
                 if not entry.future.done():
-                    entry.future.set_result(output)
-            if self.on_batch is not None:
-                stats = BatchStats(len(batch), started - batch[0].enqueued, run_s, self.queued)
-                try:
-                    self.on_batch(stats)
-                except Exception:  # metrics never fail a request
-                    log.exception("batch callback failed")
+                    entry.future.set_exception(exc)
+            return
+        finally:
+            run_s = time.perf_counter() - started
+            self._batch_s = 0.8 * self._batch_s + 0.2 * run_s
+        for entry, output in zip(batch, outputs, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(output)
+        if self.on_batch is not None:
+            stats = BatchStats(len(batch), started - batch[0].enqueued, run_s, self.queued)
+            try:
+                self.on_batch(stats)
+            except Exception:  # metrics never fail a request
+                log.exception("batch callback failed")

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import gc
 import json
 import logging
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from gateway.batching import Batcher, BatchStats
+from gateway.device import Device, make_device
 from gateway.errors import BadRequest, InvalidInput
 from gateway.metrics import GatewayMetrics, outcome_field
 from gateway.model import LoadedModel
@@ -40,32 +39,38 @@ class Served:
     """A loaded model with its own batcher: a request that starts on it finishes on it."""
 
     def __init__(
-        self, model: LoadedModel, settings: GatewaySettings, metrics: GatewayMetrics
+        self,
+        model: LoadedModel,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        device: Device,
     ) -> None:
         self.model = model
         self.metrics = metrics
+        self.device = device
         self.lineage = {
             "model_name": model.name,
             "model_version": model.version,
             "run_id": model.run_id,
         }
         self.outcome = outcome_field(model.output_model)
-        self.precision = _precision(model, settings.bf16)
         self.batcher: Batcher[BaseModel, BaseModel] = Batcher(
             self.run_batch,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.batch_wait_ms / 1000,
             max_queue=settings.max_queue,
             on_batch=self.record_batch,
+            in_flight=device.in_flight,
         )
 
     def run_batch(self, items: list[BaseModel]) -> list[BaseModel]:
-        """The device thread's work: the pipeline's stages, each timed."""
+        """The batch thread's work: the pipeline's stages, each timed; the forward pass runs
+        where the device arrangement says (this worker, or the shared device batcher)."""
         predictor, metrics = self.model.predictor, self.metrics
         with metrics.timed("preprocess"):
             features = predictor.preprocess(items)
-        with metrics.timed("model"), self.precision():
-            raw = predictor.forward(features)
+        with metrics.timed("model"):
+            raw = self.device.forward(self.model, features, len(items))
         with metrics.timed("postprocess"):
             outputs: list[BaseModel] = predictor.postprocess(raw, items)
         self.metrics.safely(lambda: self.count(outputs))
@@ -85,17 +90,6 @@ class Served:
         self.metrics.queue_depth.set(stats.queued_after)
 
 
-def _precision(model: LoadedModel, bf16: bool) -> Callable[[], AbstractContextManager[Any]]:
-    """A context factory for the forward pass: bfloat16 autocast on the model's device when asked
-    (entered in the device thread, where autocast state lives), else nothing."""
-    if not bf16:
-        return contextlib.nullcontext
-    import torch
-
-    device_type = model.predictor.device.type
-    return lambda: torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-
-
 class GatewayCore:
     """Validates business objects against the served pipeline and answers them in batches;
     follows the registry alias and swaps models without dropping a request."""
@@ -110,13 +104,16 @@ class GatewayCore:
         self.settings = settings
         self.metrics = metrics
         self.loader = loader or _from_registry
-        self.served = Served(model, settings, metrics)
+        self.device = make_device(settings, metrics, model)
+        self.device.offer(model)
+        self.served = Served(model, settings, metrics, self.device)
         self.ready = False
         self._swap_lock = asyncio.Lock()
         self._refused: str | None = None  # a version that failed; retried only on reload
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self.device.start()
         self.served.batcher.start()
         self._show(self.served.model, 1)
         if self.settings.poll_interval_s > 0:
@@ -134,6 +131,7 @@ class GatewayCore:
             await asyncio.gather(self._watcher, return_exceptions=True)
         await self.served.batcher.drain()
         await self.served.batcher.stop()
+        await self.device.stop()
 
     # -- requests ---------------------------------------------------------------------------
     async def predict_one(self, payload: Any) -> dict[str, Any]:
@@ -181,7 +179,8 @@ class GatewayCore:
             if model.version == current.model.version:
                 return {"swapped": False, **current.lineage}
             self._refused = None
-            fresh = Served(model, self.settings, self.metrics)
+            self.device.offer(model)
+            fresh = Served(model, self.settings, self.metrics, self.device)
             fresh.batcher.start()
             self.served = fresh
             self._show(model, 1)

@@ -102,7 +102,9 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
 
     async def model(request: Request) -> Response:
         core = get_core()
-        return JSONResponse(core.served.model.info(), headers=_lineage_headers(core.served.lineage))
+        device = {"type": str(core.served.model.predictor.device), **core.device.describe()}
+        info = {**core.served.model.info(), "device": device}
+        return JSONResponse(info, headers=_lineage_headers(core.served.lineage))
 
     async def metrics(request: Request) -> Response:
         body, content_type = get_core().metrics.exposition()

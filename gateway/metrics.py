@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STAGES = ("validate", "preprocess", "model", "postprocess")
+FALLBACK_REASONS = ("unreachable", "version", "error", "unsupported")
 
 
 def outcome_field(output: type[BaseModel]) -> str | None:
@@ -73,8 +74,20 @@ class GatewayMetrics:
         )
         self.batch_size = Histogram(
             "gateway_batch_size",
-            "Objects per device batch",
+            "Objects per batch a worker forms",
             buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.device_batch_size = Histogram(
+            "gateway_device_batch_size",
+            "Rows per forward pass on the device (batches of several workers merged when shared)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.device_fallbacks = Counter(
+            "gateway_device_fallbacks_total",
+            "Batches a worker ran on its own copy because the shared device could not take them",
+            ["reason"],
             registry=r,
         )
         self.batch_wait = Histogram(
@@ -133,6 +146,8 @@ class GatewayMetrics:
         self.rollbacks.labels(model)
         for endpoint in endpoints:
             self.shed.labels(endpoint)
+        for reason in FALLBACK_REASONS:
+            self.device_fallbacks.labels(reason)
 
     def safely(self, record: Callable[[], Any]) -> None:
         """Run ``record``; a failure is logged and counted, never raised."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,18 @@ class GatewaySettings(BaseSettings):
 
     batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     """How long the oldest queued object may wait for companions before its batch goes."""
+
+    shared_device: Literal["auto", "on", "off"] = "auto"
+    """One device batcher for all workers (``on``), one per worker (``off``), or ``auto``: shared
+    when the model sits on an accelerator, per worker on the CPU (where a shared one would leave
+    all but one core idle in the forward pass)."""
+
+    device_socket: str | None = None
+    """Unix socket of the shared device batcher (default: one per ``bentoml serve`` in the
+    temporary directory)."""
+
+    device_timeout_s: float = Field(default=30.0, gt=0)
+    """How long a worker waits for the shared device before answering a batch on its own copy."""
 
     bf16: bool = False
     """Run the model under bfloat16 autocast (for CUDA; CPU works but rarely gains)."""

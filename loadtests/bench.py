@@ -200,13 +200,31 @@ def servers(store: str, workers: int, home: Path) -> list[Server]:
         {"applications": bulk},
         f"http://127.0.0.1:{port}/predict",
     )
+    found = [mlflow_server, plain, gateway_server("gateway", store, workers, home, bulk)]
+    if workers > 1:  # the same, with one device batcher fed by every worker
+        found.append(
+            gateway_server("gateway shared device", store, workers, home, bulk, shared_device="on")
+        )
+    return found
+
+
+def gateway_server(
+    name: str,
+    store: str,
+    workers: int,
+    home: Path,
+    bulk: list[dict[str, object]],
+    *,
+    shared_device: str = "off",
+) -> Server:
     port, data = free_port(), free_port()
-    gateway = Server(
-        "gateway",
+    return Server(
+        name,
         [str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)],
         {
             "GATEWAY_TRACKING_URI": store,
             "GATEWAY_DATA_PORT": str(data),
+            "GATEWAY_SHARED_DEVICE": shared_device,
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "true",
             "BENTOML_CONFIG_OPTIONS": f"services.lineage_gateway.workers={workers}",
@@ -217,7 +235,6 @@ def servers(store: str, workers: int, home: Path) -> list[Server]:
         {"applications": bulk},
         f"http://127.0.0.1:{data}/predict/bulk",
     )
-    return [mlflow_server, plain, gateway]
 
 
 def main() -> None:
@@ -274,6 +291,11 @@ def report(results: list[Result], connections: int, seconds: int) -> None:
             f"{g.ok_per_s / by['mlflow models serve'].ok_per_s:.1f}x, "
             f"gateway / plain BentoML = {g.ok_per_s / by['plain BentoML'].ok_per_s:.1f}x"
         )
+        if (shared := by.get("gateway shared device")) is not None:
+            print(
+                f"{workers} worker(s): shared device / per-worker device = "
+                f"{shared.ok_per_s / g.ok_per_s:.2f}x"
+            )
 
 
 if __name__ == "__main__":

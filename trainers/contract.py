@@ -9,6 +9,7 @@ JSON) and loaded back on the serving device. Nothing here knows about MLflow or 
 from __future__ import annotations
 
 import enum
+import itertools
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -67,11 +68,30 @@ class Predictor(ABC, Generic[InputT, OutputT]):
 
     @abstractmethod
     def preprocess(self, inputs: Sequence[InputT]) -> Any:
-        """Business objects → model inputs (CPU work: encoding, scaling, tokenising)."""
+        """Business objects → model inputs on the CPU (encoding, scaling, tokenising): a tensor,
+        an array or a list with one row per input."""
 
     @abstractmethod
     def forward(self, features: Any) -> Any:
-        """The torch module on ``self.device``; returns results on the CPU."""
+        """Move ``features`` to ``self.device`` and run the torch module; returns results on the
+        CPU, one row per input (a tensor, an array or a list)."""
+
+    def merge(self, parts: Sequence[Any]) -> Any:
+        """Join the features of several preprocessed batches row-wise, so that one forward pass
+        answers them all. Override when features are ragged (e.g. padded per batch)."""
+        first = parts[0]
+        if isinstance(first, torch.Tensor):
+            return torch.cat(list(parts))
+        if isinstance(first, np.ndarray):
+            return np.concatenate(parts)
+        if isinstance(first, list):
+            return [row for part in parts for row in part]
+        raise TypeError(f"cannot merge features of type {type(first).__name__}; override merge")
+
+    def split(self, raw: Any, sizes: Sequence[int]) -> list[Any]:
+        """Cut the results of a merged forward pass back into parts of ``sizes`` rows."""
+        bounds = np.cumsum([0, *sizes]).tolist()
+        return [raw[start:end] for start, end in itertools.pairwise(bounds)]
 
     @abstractmethod
     def postprocess(self, raw: Any, inputs: Sequence[InputT]) -> list[OutputT]:

@@ -26,6 +26,7 @@ class SlowDevice:
 
     def __init__(self, predictor: Any) -> None:
         self.inner = predictor
+        self.device = predictor.device
 
     def preprocess(self, inputs: Any) -> Any:
         return self.inner.preprocess(inputs)

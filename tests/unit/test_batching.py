@@ -101,3 +101,23 @@ async def test_a_broken_metrics_callback_does_not_fail_requests() -> None:
     assert await batcher.submit([1]) == [1]
     assert await batcher.submit([2]) == [2]
     await batcher.stop()
+
+
+async def test_weighted_items_fill_a_batch_up_to_the_total_weight() -> None:
+    seen: list[list[int]] = []
+
+    def run(xs: list[int]) -> list[int]:
+        seen.append(list(xs))
+        time.sleep(0.01)  # let the rest queue behind the first batch
+        return xs
+
+    batcher, _ = make(run, max_batch_size=10, max_wait_s=0.0, weight=lambda x: x)
+    batcher.start()
+    sizes = [3, 4, 5, 12, 2, 2]
+    answers = await asyncio.gather(*(batcher.submit([n]) for n in sizes))
+    await batcher.stop()
+    assert answers == [[n] for n in sizes]
+    assert sorted(n for batch in seen for n in batch) == sorted(sizes)
+    for batch in seen:  # within the limit, or a single item heavier than it
+        assert sum(batch) <= 10 or len(batch) == 1
+    assert any(len(batch) > 1 for batch in seen)

@@ -3,9 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from trainers import pipelines
-from trainers.contract import ColumnSpec, Direction, Metric, input_columns
+from trainers.contract import ColumnSpec, Direction, Metric, Predictor, input_columns
 from trainers.errors import DataError, ParamError, UnknownPipelineError
 from trainers.metrics import roc_auc
 from trainers.pipelines.loans import LoanApplication
@@ -81,3 +82,36 @@ def test_roc_auc_matches_pairwise_counting() -> None:
     )
     assert roc_auc(y, s) == pytest.approx(pairwise)
     assert roc_auc([1, 1], [0.2, 0.3]) == 0.5
+
+
+def test_merged_batches_get_the_answers_of_separate_ones() -> None:
+    """What the shared device does with the batches of several workers: merge, one forward
+    pass, split. Reviews pads each batch to its own longest text, so its merge re-pads."""
+    pipeline = pipelines.get("reviews")
+    frame = pipeline.generate(200, 0.0, 3)
+    params = pipeline.Params(d_model=16, n_heads=2, n_layers=1, d_ff=32, epochs=1)
+    predictor = pipeline.fit(frame, frame, params, lambda *_: None)
+    inputs = list(pipeline.inputs_from_frame(frame.head(7)))
+    short = [MovieReview(text="fine")]
+    parts = [
+        predictor.preprocess(inputs[:4]),
+        predictor.preprocess(short),
+        predictor.preprocess(inputs[4:]),
+    ]
+    assert len({p.shape[1] for p in parts}) > 1  # ragged
+    merged = predictor.split(predictor.forward(predictor.merge(parts)), [4, 1, 3])
+    for part, got in zip(parts, merged, strict=True):
+        assert got == pytest.approx(predictor.forward(part), abs=1e-5)
+
+
+def test_default_merge_and_split_cover_tensors_arrays_and_lists() -> None:
+    merge, split = Predictor.merge, Predictor.split  # the defaults; ``self`` is not used
+    tensors = merge(None, [torch.ones(2, 3), torch.zeros(1, 3)])  # type: ignore[arg-type]
+    assert tensors.shape == (3, 3)
+    arrays = merge(None, [np.arange(2), np.arange(3)])  # type: ignore[arg-type]
+    assert arrays.tolist() == [0, 1, 0, 1, 2]
+    assert merge(None, [[1.0], [2.0, 3.0]]) == [1.0, 2.0, 3.0]  # type: ignore[arg-type]
+    assert split(None, np.arange(5), [2, 3])[1].tolist() == [2, 3, 4]  # type: ignore[arg-type]
+    assert split(None, [1, 2, 3], [1, 2]) == [[1], [2, 3]]  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="override merge"):
+        merge(None, [{"a": 1}])  # type: ignore[arg-type]

@@ -186,11 +186,11 @@ class LoansPredictor(Predictor[LoanApplication, LoanDecision]):
         self.module = module.eval()
 
     def preprocess(self, inputs: Sequence[LoanApplication]) -> torch.Tensor:
-        return self.preprocessor.transform(_columns_from_inputs(inputs)).to(self.device)
+        return self.preprocessor.transform(_columns_from_inputs(inputs))
 
     def forward(self, features: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            logits = self.module(features)
+            logits = self.module(features.to(self.device, non_blocking=True))
             return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
 
     def postprocess(self, raw: np.ndarray, inputs: Sequence[LoanApplication]) -> list[LoanDecision]:

@@ -172,12 +172,18 @@ class ReviewsPredictor(Predictor[MovieReview, SentimentAnswer]):
         self.module = module.eval()
 
     def preprocess(self, inputs: Sequence[MovieReview]) -> torch.Tensor:
-        return self.vocabulary.encode([(x.text, x.title) for x in inputs]).to(self.device)
+        return self.vocabulary.encode([(x.text, x.title) for x in inputs])
 
     def forward(self, features: torch.Tensor) -> list[float]:
+        ids = features.to(self.device, non_blocking=True)
         with torch.inference_mode():
-            probs: list[float] = torch.softmax(self.module(features).float(), dim=1)[:, 1].tolist()
+            probs: list[float] = torch.softmax(self.module(ids).float(), dim=1)[:, 1].tolist()
         return probs
+
+    def merge(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Each part is padded to its own longest text: pad all to the widest, then stack."""
+        width = max(part.shape[1] for part in parts)
+        return torch.cat([nn.functional.pad(p, (0, width - p.shape[1]), value=PAD) for p in parts])
 
     def postprocess(self, raw: list[float], inputs: Sequence[MovieReview]) -> list[SentimentAnswer]:
         return [
