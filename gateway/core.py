@@ -7,6 +7,8 @@ import functools
 import gc
 import json
 import logging
+import math
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -14,9 +16,12 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.batching import Batcher, BatchStats
 from gateway.device import Device, make_device
-from gateway.errors import BadRequest, InvalidInput
+from gateway.errors import BadRequest, InvalidInput, Unavailable
+from gateway.loop import RetrainLoop
 from gateway.metrics import GatewayMetrics, outcome_field
 from gateway.model import LoadedModel
+from gateway.monitor import DriftMonitor
+from gateway.predlog import Logged, PredictionLog
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -111,10 +116,14 @@ class GatewayCore:
         self._swap_lock = asyncio.Lock()
         self._refused: str | None = None  # a version that failed; retried only on reload
         self._watcher: asyncio.Task[None] | None = None
+        self.predictions: PredictionLog | None = None
+        self.retrains: RetrainLoop | None = None
+        self.monitor: DriftMonitor | None = None
 
     async def start(self) -> None:
         await self.device.start()
         self.served.batcher.start()
+        self._start_loop()
         self._show(self.served.model, 1)
         if self.settings.poll_interval_s > 0:
             self._watcher = asyncio.get_running_loop().create_task(self._follow_alias())
@@ -132,6 +141,30 @@ class GatewayCore:
         await self.served.batcher.drain()
         await self.served.batcher.stop()
         await self.device.stop()
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.retrains is not None:
+            await self.retrains.stop()
+        if self.predictions is not None:
+            await asyncio.to_thread(self.predictions.close)
+
+    def _start_loop(self) -> None:
+        """The prediction log, the drift monitor and the retrain path (each optional)."""
+        settings, metrics = self.settings, self.metrics
+        if not settings.log_predictions:
+            return
+        path = settings.state_dir / "predictions.db"
+        self.predictions = PredictionLog(path, settings.log_buffer, metrics)
+        current = self._current_model
+        self.retrains = RetrainLoop(settings, metrics, self.predictions, current, self.swap)
+        if settings.drift_enabled:
+            self.monitor = DriftMonitor(
+                settings, metrics, self.predictions, current, self.retrains.alert
+            )
+            asyncio.get_running_loop().create_task(self.monitor.start())
+
+    def _current_model(self) -> LoadedModel:
+        return self.served.model
 
     # -- requests ---------------------------------------------------------------------------
     async def predict_one(self, payload: Any) -> dict[str, Any]:
@@ -139,14 +172,52 @@ class GatewayCore:
         with self.metrics.timed("validate"):
             item = self._checked(validate_one, served.model, payload)
         (answer,) = await served.batcher.submit([item])
-        return {"prediction": answer.model_dump(mode="json"), **served.lineage}
+        (request_id,) = self._keep(served.model, [item], [answer])
+        return {
+            "prediction": answer.model_dump(mode="json"),
+            "request_id": request_id,
+            **served.lineage,
+        }
 
     async def predict_many(self, payload: Any) -> dict[str, Any]:
         served = self.served
         with self.metrics.timed("validate"):
             items = self._checked(validate_many, served.model, payload, self.settings.max_bulk)
         answers = await served.batcher.submit(items)
-        return {"predictions": [a.model_dump(mode="json") for a in answers], **served.lineage}
+        return {
+            "predictions": [a.model_dump(mode="json") for a in answers],
+            "request_ids": self._keep(served.model, items, answers),
+            **served.lineage,
+        }
+
+    def _keep(
+        self, model: LoadedModel, items: list[BaseModel], answers: list[BaseModel]
+    ) -> list[str]:
+        """Request ids for the answers, which go to the prediction log (never blocking)."""
+        ids = [uuid.uuid4().hex for _ in items]
+        if self.predictions is not None:
+            self.predictions.offer(
+                [
+                    Logged(rid, model.name, model.version, item, answer)
+                    for rid, item, answer in zip(ids, items, answers, strict=True)
+                ]
+            )
+        return ids
+
+    def feedback(self, payload: Any) -> dict[str, Any]:
+        """Ground truth for past answers: ``{"request_id": ..., "label": ...}`` or a list of
+        them under ``feedback``."""
+        if self.predictions is None:
+            raise Unavailable("feedback needs the prediction log (GATEWAY_LOG_PREDICTIONS)")
+        model = self.served.model
+        try:
+            labels = validate_feedback(model, payload, self.settings.max_bulk)
+        except InvalidInput:
+            self.metrics.safely(lambda: self.metrics.feedback.labels("refused").inc())
+            raise
+        self.predictions.record_feedback(labels)
+        self.metrics.safely(lambda: self.metrics.feedback.labels("recorded").inc(len(labels)))
+        return {"recorded": len(labels)}
 
     def _checked(self, validate: Callable[..., T], *args: Any) -> T:
         try:
@@ -288,3 +359,45 @@ def validate_many(model: LoadedModel, payload: Any, limit: int) -> list[BaseMode
             [{"field": key, "message": f"expected a list of 1 to {limit} objects, got {got}"}],
         )
     return [_validate(model, value, f"{key}.{i}") for i, value in enumerate(values)]
+
+
+def validate_feedback(model: LoadedModel, payload: Any, limit: int) -> list[tuple[str, Any]]:
+    """``(request_id, label)`` pairs; the label must suit the pipeline's target."""
+    if isinstance(payload, Mapping) and "feedback" in payload:
+        entries = _expect_only(payload, "feedback", "a list of {request_id, label} objects")
+        if not isinstance(entries, list) or not entries or len(entries) > limit:
+            raise InvalidInput(
+                f"feedback must be a list of 1 to {limit} objects",
+                [{"field": "feedback", "message": f"expected a list of 1 to {limit} objects"}],
+            )
+        where = [f"feedback.{i}" for i in range(len(entries))]
+    else:
+        entries, where = [payload], ["body"]
+    kind = model.pipeline.target_kind() if model.pipeline is not None else "number"
+    pairs = []
+    for entry, place in zip(entries, where, strict=True):
+        if not isinstance(entry, Mapping) or set(entry) != {"request_id", "label"}:
+            raise InvalidInput(
+                f"{place}: expected an object with exactly request_id and label",
+                [{"field": place, "message": "expected exactly the keys request_id and label"}],
+            )
+        request_id, label = entry["request_id"], entry["label"]
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidInput(
+                f"{place}.request_id must be the request_id of an answer",
+                [{"field": f"{place}.request_id", "message": "expected a non-empty string"}],
+            )
+        if not _label_fits(label, kind):
+            expected = "a finite number or a boolean" if kind == "number" else "a non-empty string"
+            raise InvalidInput(
+                f"{place}.label must be {expected} (the {model.pipeline.target} of the object)",
+                [{"field": f"{place}.label", "message": f"expected {expected}"}],
+            )
+        pairs.append((request_id, label))
+    return pairs
+
+
+def _label_fits(label: Any, kind: str) -> bool:
+    if kind == "number":
+        return isinstance(label, bool | int) or (isinstance(label, float) and math.isfinite(label))
+    return isinstance(label, str) and bool(label)

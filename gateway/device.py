@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.batching import Batcher, Overloaded
+from gateway.locks import release, try_lock
 from gateway.metrics import GatewayMetrics
 from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
@@ -182,7 +182,7 @@ class SharedDevice:
         if self._lock_fd is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            os.close(self._lock_fd)  # releases the lock
+            release(self._lock_fd)
             self._lock_fd = None
 
     # -- the owner --------------------------------------------------------------------------
@@ -190,11 +190,8 @@ class SharedDevice:
         """Become the owner if no live worker is; the kernel drops the lock when its holder dies."""
         if self._lock_fd is not None:
             return True
-        fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_lock(f"{self.path}.lock")
+        if fd is None:
             return False
         self._lock_fd = fd
         with contextlib.suppress(FileNotFoundError):

@@ -44,3 +44,13 @@ class ModelUnavailable(GatewayError):
     """No model could be loaded (yet)."""
 
     status_code = 503
+
+
+class Unavailable(GatewayError):
+    """A feature that is switched off in the settings."""
+
+    status_code = 404
+
+
+class Unauthorized(GatewayError):
+    status_code = 401

@@ -3,10 +3,12 @@ every worker's data plane."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -18,7 +20,14 @@ from starlette.routing import Route
 from gateway.batching import Overloaded
 from gateway.core import GatewayCore, bulk_key, parse_json
 from gateway.dataplane import DataPlane
-from gateway.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
+from gateway.errors import (
+    GatewayError,
+    InvalidInput,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from gateway.model import LoadedModel
 
 LINEAGE_HEADERS = {
@@ -88,7 +97,10 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
             core = get_core()
             payload = await _json_body(request, core.settings.max_body_bytes)
             answer = await call(core, payload)
-            return JSONResponse(answer, headers=_lineage_headers(answer))
+            headers = _lineage_headers(answer)
+            if "request_id" in answer:
+                headers["x-request-id"] = answer["request_id"]
+            return JSONResponse(answer, headers=headers)
 
         return endpoint
 
@@ -110,16 +122,53 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         body, content_type = get_core().metrics.exposition()
         return Response(body, media_type=content_type)
 
-    async def reload(request: Request) -> Response:
-        core = get_core()
-        token = core.settings.reload_token
+    def _bearer(request: Request, token: str | None, what: str) -> None:
         if not token:
-            return JSONResponse({"error": "reload is disabled (no GATEWAY_RELOAD_TOKEN)"}, 404)
+            raise Unavailable(f"{what} is disabled (no token set)")
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
-            return JSONResponse({"error": "a valid bearer token is required"}, 401)
+            raise Unauthorized("a valid bearer token is required")
+
+    async def reload(request: Request) -> Response:
+        core = get_core()
+        _bearer(request, core.settings.reload_token, "reload (GATEWAY_RELOAD_TOKEN)")
         result = await core.swap()
         return JSONResponse(result, status_code=200 if "error" not in result else 409)
+
+    async def feedback(request: Request) -> Response:
+        core = get_core()
+        payload = await _json_body(request, core.settings.max_body_bytes)
+        return JSONResponse(await asyncio.to_thread(core.feedback, payload))
+
+    async def alerts(request: Request) -> Response:
+        core = get_core()
+        _bearer(request, core.settings.alert_token, "the alert webhook (GATEWAY_ALERT_TOKEN)")
+        payload = await _json_body(request, core.settings.max_body_bytes)
+        if core.retrains is None:
+            raise Unavailable("alerts need the prediction log (GATEWAY_LOG_PREDICTIONS)")
+        try:
+            return JSONResponse(await core.retrains.alertmanager(payload))
+        except ValueError as exc:
+            raise InvalidInput(str(exc), [{"field": "alerts", "message": str(exc)}]) from exc
+
+    def _report(name: str) -> Path:
+        path = get_core().settings.state_dir / "reports" / name
+        if not path.is_file():
+            raise Unavailable("no drift window has been evaluated yet")
+        return path
+
+    async def drift(request: Request) -> Response:
+        return Response(_report("latest.json").read_bytes(), media_type="application/json")
+
+    async def drift_report(request: Request) -> Response:
+        return Response(_report("latest.html").read_bytes(), media_type="text/html")
+
+    async def retrains(request: Request) -> Response:
+        core = get_core()
+        if core.predictions is None:
+            raise Unavailable("retrains need the prediction log (GATEWAY_LOG_PREDICTIONS)")
+        found = await asyncio.to_thread(core.predictions.retrains, core.served.model.name)
+        return JSONResponse({"retrains": found})
 
     predict_routes = {
         ("/predict", "POST"): predicting(GatewayCore.predict_one),
@@ -132,6 +181,11 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         ("/model", "GET"): model,
         ("/metrics", "GET"): metrics,
         ("/admin/reload", "POST"): reload,
+        ("/feedback", "POST"): feedback,
+        ("/drift", "GET"): drift,
+        ("/drift/report", "GET"): drift_report,
+        ("/alerts", "POST"): alerts,
+        ("/retrains", "GET"): retrains,
     }
     handlers = {key: counted(key[0], endpoint) for key, endpoint in routes.items()}
     docs: dict[str, dict[str, Any]] = {path: {} for path, _ in routes}
@@ -180,6 +234,11 @@ SUMMARIES = {
     "/model": "The served model: name, version, run id, schemas",
     "/metrics": "Prometheus metrics of all workers",
     "/admin/reload": "Read the registry alias now and swap if it moved (bearer token)",
+    "/feedback": "Ground truth for past answers, by request_id",
+    "/drift": "The latest drift window: share, per-column scores and verdict (JSON)",
+    "/drift/report": "The latest drift window's Evidently report (HTML)",
+    "/alerts": "Alertmanager webhook: a firing alert starts a retrain (bearer token)",
+    "/retrains": "Retrains started by alerts and how they ended",
 }
 
 
@@ -188,7 +247,7 @@ def describe(model: LoadedModel) -> dict[str, dict[str, Any]]:
     key, bulk = model.input_key, bulk_key(model)
     item = model.input_model.model_json_schema()
     answer = model.output_model.model_json_schema()
-    lineage = {name: {"type": "string"} for name in LINEAGE_HEADERS}
+    lineage: dict[str, Any] = {name: {"type": "string"} for name in LINEAGE_HEADERS}
 
     def body(schema: dict[str, Any]) -> dict[str, Any]:
         return {"required": True, "content": {"application/json": {"schema": schema}}}
@@ -206,7 +265,16 @@ def describe(model: LoadedModel) -> dict[str, dict[str, Any]]:
                     "additionalProperties": False,
                 }
             ),
-            "responses": ok({"type": "object", "properties": {"prediction": answer, **lineage}}),
+            "responses": ok(
+                {
+                    "type": "object",
+                    "properties": {
+                        "prediction": answer,
+                        "request_id": {"type": "string"},
+                        **lineage,
+                    },
+                }
+            ),
         },
         "/predict/bulk": {
             "requestBody": body(
@@ -220,7 +288,11 @@ def describe(model: LoadedModel) -> dict[str, dict[str, Any]]:
             "responses": ok(
                 {
                     "type": "object",
-                    "properties": {"predictions": {"type": "array", "items": answer}, **lineage},
+                    "properties": {
+                        "predictions": {"type": "array", "items": answer},
+                        "request_ids": {"type": "array", "items": {"type": "string"}},
+                        **lineage,
+                    },
                 }
             ),
         },

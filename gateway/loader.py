@@ -103,6 +103,7 @@ def load_local(fetched: Fetched) -> LoadedModel:
         input_model=pipeline.Input,
         output_model=pipeline.Output,
         predictor=inner.predictor,
+        pipeline=pipeline,
     )
 
 

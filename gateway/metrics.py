@@ -32,6 +32,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STAGES = ("validate", "preprocess", "model", "postprocess")
 FALLBACK_REASONS = ("unreachable", "version", "error", "unsupported")
+MONITOR_STAGES = ("log", "drift", "quality", "report")
+RETRAIN_RESULTS = ("promoted", "rejected", "failed", "skipped")
 
 
 def outcome_field(output: type[BaseModel]) -> str | None:
@@ -133,6 +135,84 @@ class GatewayMetrics:
             ["endpoint"],
             registry=r,
         )
+        # -- the loop ---------------------------------------------------------------------------
+        self.samples_dropped = Counter(
+            "gateway_monitor_samples_dropped_total",
+            "Answered objects not written to the prediction log because its buffer was full",
+            registry=r,
+        )
+        self.monitor_errors = Counter(
+            "gateway_monitor_errors_total",
+            "Failures of the monitoring side (they never fail a prediction), by stage",
+            ["stage"],
+            registry=r,
+        )
+        self.drift_share = Gauge(
+            "gateway_drift_share",
+            "Share of drifted columns in the latest drift window",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.drift_score = Gauge(
+            "gateway_drift_score",
+            "Stat test score per column in the latest window (p-value for ks/chisquare)",
+            ["model", "column", "method"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.drift_detected = Gauge(
+            "gateway_drift_detected",
+            "1 when the latest window drifted",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.drift_windows = Counter(
+            "gateway_drift_windows_total",
+            "Drift windows evaluated, by result (drifted, clean)",
+            ["model", "result"],
+            registry=r,
+        )
+        self.drift_alerts = Counter(
+            "gateway_drift_alerts_total",
+            "Alerts that started the retrain path, by source (monitor, alertmanager)",
+            ["model", "source"],
+            registry=r,
+        )
+        self.live_quality = Gauge(
+            "gateway_live_quality",
+            "The pipeline's metric over the latest labelled objects (ground truth via /feedback)",
+            ["model", "version", "metric"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.labelled = Gauge(
+            "gateway_labelled_objects",
+            "Labelled objects the live quality gauge is computed over",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.feedback = Counter(
+            "gateway_feedback_total",
+            "Ground-truth labels received, by result (recorded, refused)",
+            ["result"],
+            registry=r,
+        )
+        self.retrains = Counter(
+            "gateway_retrains_total",
+            "Retrains started by alerts, by result (promoted, rejected, failed, skipped)",
+            ["model", "result"],
+            registry=r,
+        )
+        self.retrain_running = Gauge(
+            "gateway_retrain_running",
+            "1 while a retrain started by this service runs",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.metric_errors = Counter(
             "gateway_metric_errors_total",
             "Failures while recording metrics",
@@ -148,6 +228,16 @@ class GatewayMetrics:
             self.shed.labels(endpoint)
         for reason in FALLBACK_REASONS:
             self.device_fallbacks.labels(reason)
+        for stage in MONITOR_STAGES:
+            self.monitor_errors.labels(stage)
+        for result in ("drifted", "clean"):
+            self.drift_windows.labels(model, result)
+        for source in ("monitor", "alertmanager"):
+            self.drift_alerts.labels(model, source)
+        for result in RETRAIN_RESULTS:
+            self.retrains.labels(model, result)
+        for result in ("recorded", "refused"):
+            self.feedback.labels(result)
 
     def safely(self, record: Callable[[], Any]) -> None:
         """Run ``record``; a failure is logged and counted, never raised."""

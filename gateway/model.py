@@ -24,6 +24,8 @@ class LoadedModel:
     input_model: type[BaseModel]
     output_model: type[BaseModel]
     predictor: Any
+    pipeline: Any = None
+    """The pipeline recipe (target, metric, evaluate, features) for monitoring."""
     loaded_at: float = field(default_factory=time.time)
 
     def info(self) -> dict[str, Any]:

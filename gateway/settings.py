@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -66,6 +67,61 @@ class GatewaySettings(BaseSettings):
 
     data_host: str = "0.0.0.0"
     """Address the data plane binds."""
+
+    # -- the loop: prediction log, drift monitor, alerts, retrain ------------------------------
+    state_dir: Path = Path("gateway-state")
+    """Where the prediction log (sqlite), drift reports, retrain logs and lock files live; shared
+    by the workers of one serve (relative paths: from the working directory)."""
+
+    log_predictions: bool = True
+    """Keep every answered object with its request id in the prediction log (needed by drift,
+    feedback and retraining on production traffic)."""
+
+    log_buffer: int = Field(default=20_000, ge=1)
+    """Answered objects waiting to be written; when full, samples are dropped and counted."""
+
+    drift_enabled: bool = True
+    """Run the drift monitor (in one worker: the one holding its lock)."""
+
+    drift_window: int = Field(default=500, ge=20)
+    """Objects per drift window."""
+
+    drift_interval_s: float = Field(default=30.0, gt=0)
+    """How often the monitor looks for a new full window."""
+
+    drift_num_method: str = "ks"
+    """Evidently stat test for numerical columns (pinned; ``ks`` gives p-values)."""
+
+    drift_cat_method: str = "chisquare"
+    """Evidently stat test for categorical columns (pinned)."""
+
+    drift_threshold: float | None = None
+    """Per-column threshold of the stat test (unset: the test's default, 0.05 for p-values)."""
+
+    drift_share: float = Field(default=0.5, gt=0, le=1)
+    """A window drifted when at least this share of its columns drifted."""
+
+    drift_alert_windows: int = Field(default=3, ge=1)
+    """K: consecutive drifted windows that raise an alert."""
+
+    quality_window: int = Field(default=500, ge=10)
+    """Latest labelled objects the live quality gauge is computed over."""
+
+    retrain_on_alert: bool = True
+    """An alert starts ``trainers retrain --from-run <champion run>``."""
+
+    retrain_data: str = "feedback"
+    """What a retrain trains on: ``feedback`` (the labelled production traffic from the
+    prediction log) or the path of a snapshot."""
+
+    retrain_min_labels: int = Field(default=200, ge=1)
+    """A retrain on feedback needs at least this many labelled objects."""
+
+    retrain_args: str = ""
+    """Extra arguments for ``trainers retrain`` (e.g. ``--min-improvement 0.01``)."""
+
+    alert_token: str | None = None
+    """Bearer token for ``POST /alerts`` (Alertmanager's webhook); unset disables it."""
 
     @property
     def model_uri(self) -> str:

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.tree import Tree
 
-from trainers import lineage, pipelines, registry, training
+from trainers import drift, lineage, pipelines, registry, training
 from trainers.errors import TrainersError
 from trainers.snapshots import write_snapshot
 from trainers.tracking import connect, tracking_uri
@@ -163,13 +163,26 @@ def train(
     "--data", type=click.Path(path_type=Path), help="New snapshot (default: the parent's)."
 )
 @click.option("--trigger", default=None, help="Why this retrain happens (e.g. an alert id).")
+@click.option("--param", "params", multiple=True, metavar="K=V", help="Override a param.")
 @_min_improvement
 @click.pass_context
 def retrain(
-    ctx: click.Context, run_id: str, data: Path | None, trigger: str | None, min_improvement: float
+    ctx: click.Context,
+    run_id: str,
+    data: Path | None,
+    trigger: str | None,
+    params: tuple[str, ...],
+    min_improvement: float,
 ) -> None:
     """Repeat a run's recipe (pipeline, params, seed), on new data if given, then gate it."""
-    request = training.retrain_request(_client(ctx), run_id, data, trigger, min_improvement)
+    request = training.retrain_request(
+        _client(ctx),
+        run_id,
+        data,
+        trigger,
+        min_improvement=min_improvement,
+        overrides=_parse_kv(params),
+    )
     _run_training(ctx, request)
 
 
@@ -218,6 +231,55 @@ def lineage_cmd(ctx: click.Context, ref: str, as_json: bool) -> None:
         root = Tree(f"[bold]run {run_id}[/]")
         _run_tree(root, info.to_dict(), label=False)
     out.print(root, highlight=False)
+
+
+@main.command("drift")
+@click.argument("ref")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Snapshot to compare (parquet).",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    default=Path("drift-report.html"),
+    show_default=True,
+    help="Where to write the HTML report.",
+)
+@click.option("--num-method", default="ks", show_default=True, help="Test for number columns.")
+@click.option("--cat-method", default="chisquare", show_default=True, help="Test for categories.")
+@click.option(
+    "--drift-share", default=0.5, show_default=True, help="Share of drifted columns = drift."
+)
+@click.pass_context
+def drift_cmd(
+    ctx: click.Context,
+    ref: str,
+    data_path: Path,
+    out_path: Path,
+    num_method: str,
+    cat_method: str,
+    drift_share: float,
+) -> None:
+    """Compare a snapshot with the reference sample of a model (REF: NAME@ALIAS, NAME/VERSION or
+    a run id), as the serving monitor does; write the HTML report."""
+    client = _client(ctx)
+    _, run_id = registry.resolve(client, ref)
+    options = drift.DriftOptions(num_method, cat_method, None, drift_share)
+    with out.status("comparing …"):
+        result = drift.compare_snapshot(client, run_id, data_path, options, out_path)
+    table = Table(title=f"{ref} vs {data_path.name}: {result.describe()}")
+    for heading in ("column", "type", "test", "score", "threshold", "drifted"):
+        table.add_column(heading)
+    for c in result.columns:
+        mark = "[red]yes[/]" if c.drifted else "no"
+        table.add_row(c.column, c.kind, c.method, f"{c.score:.4g}", f"{c.threshold:.3g}", mark)
+    out.print(table)
+    out.print(f"report: {out_path.resolve()}")
 
 
 def _run_tree(parent: Tree, run: dict[str, Any], label: bool = True) -> None:

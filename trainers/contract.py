@@ -199,8 +199,9 @@ class Pipeline(ABC, Generic[InputT, OutputT, ParamsT]):
 
     # -- drift ------------------------------------------------------------------------------
     @abstractmethod
-    def features(self, inputs: pd.DataFrame) -> pd.DataFrame:
-        """The feature frame drift is measured on, from a frame of input columns."""
+    def features(self, inputs: pd.DataFrame, predictor: Predictor[InputT, OutputT]) -> pd.DataFrame:
+        """The frame drift is measured on, from a frame of input columns: business fields and
+        descriptors (text length, out-of-vocabulary share against ``predictor``'s vocabulary…)."""
 
     def parse_params(self, overrides: dict[str, str]) -> ParamsT:
         """Params from ``k=v`` strings, refusing unknown names and ill-typed values."""

@@ -217,14 +217,18 @@ def retrain_request(
     parent_run_id: str,
     data: Path | None,
     trigger: str | None,
+    *,
     min_improvement: float = 0.0,
+    overrides: dict[str, str] | None = None,
 ) -> TrainRequest:
-    """The same pipeline, params and seed as ``parent_run_id``; new data when given."""
+    """The same pipeline, params and seed as ``parent_run_id``; new data and param overrides
+    when given."""
     parent = lineage.read_run(client, parent_run_id, depth=0)
     if not parent.pipeline:
         raise RegistryError(f"run {parent_run_id} was not made by trainers (no pipeline tag)")
     pipeline = pipelines.get(parent.pipeline)
     params = {k: v for k, v in parent.params.items() if k in pipeline.Params.model_fields}
+    params.update(overrides or {})
     source = data or Path(parent.tags[lineage.DATA_SOURCE])
     return TrainRequest(
         pipeline=parent.pipeline,

@@ -268,7 +268,9 @@ class LoansPipeline(Pipeline[LoanApplication, LoanDecision, LoansParams]):
     def evaluate(self, frame: pd.DataFrame, outputs: Sequence[LoanDecision]) -> float:
         return roc_auc(frame[self.target].to_numpy(), [o.default_probability for o in outputs])
 
-    def features(self, inputs: pd.DataFrame) -> pd.DataFrame:
+    def features(
+        self, inputs: pd.DataFrame, predictor: Predictor[LoanApplication, LoanDecision]
+    ) -> pd.DataFrame:
         out = inputs[list(LoanApplication.model_fields)].copy()
         debt = out["existing_debt"].fillna(0.0)
         out["debt_to_income"] = (debt + out["loan_amount"]) / out["income"].clip(lower=1.0)

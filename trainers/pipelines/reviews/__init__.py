@@ -258,12 +258,21 @@ class ReviewsPipeline(Pipeline[MovieReview, SentimentAnswer, ReviewsParams]):
     def evaluate(self, frame: pd.DataFrame, outputs: Sequence[SentimentAnswer]) -> float:
         return accuracy(frame[self.target].to_numpy(), [o.sentiment for o in outputs])
 
-    def features(self, inputs: pd.DataFrame) -> pd.DataFrame:
-        text = inputs["text"].astype(str)
+    def features(
+        self, inputs: pd.DataFrame, predictor: Predictor[MovieReview, SentimentAnswer]
+    ) -> pd.DataFrame:
+        """Text descriptors: length, words, title present, and the share of words outside the
+        training vocabulary (new topics and slang show up there first)."""
+        assert isinstance(predictor, ReviewsPredictor)
+        index = predictor.vocabulary.index
+        words = inputs["text"].astype(str).map(tokenize)
         return pd.DataFrame(
             {
-                "text_length": text.str.len(),
-                "word_count": text.map(lambda t: len(tokenize(t))),
+                "text_length": inputs["text"].astype(str).str.len(),
+                "word_count": words.map(len),
+                "oov_share": words.map(
+                    lambda ws: sum(w not in index for w in ws) / max(len(ws), 1)
+                ),
                 "has_title": inputs["title"].notna().astype(int),
             }
         )

@@ -1,0 +1,259 @@
+"""The drift monitor: one per serve (the worker holding its lock), reading windows of live traffic
+from the shared prediction log — so it sees every worker's traffic — and comparing each with the
+reference sample logged with the served model (``trainers.drift``, Evidently with pinned tests).
+
+Evidently runs in a separate process (it takes seconds to import and holds the GIL while it
+computes), so serving never waits on it. Each window becomes gauges, an HTML report (kept under
+``state_dir/reports``, served at ``/drift/report`` and logged to the model's MLflow run) and a
+log line; K drifted windows in a row raise an alert. The live quality gauge is computed over the
+latest labelled objects. Every failure here is logged and counted, never raised to a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import multiprocessing
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gateway.locks import release, try_lock
+from gateway.metrics import GatewayMetrics
+from gateway.model import LoadedModel
+from gateway.predlog import PredictionLog, Row
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+PREDICTION_PREFIX = "prediction."
+Alert = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def rows_frame(model: LoadedModel, rows: list[Row]) -> pd.DataFrame:
+    """Logged objects as a frame of input columns and ``prediction.*`` answer columns."""
+    inputs = pd.DataFrame([r.input for r in rows]).reindex(
+        columns=list(model.input_model.model_fields)
+    )
+    answers = pd.DataFrame([r.output for r in rows]).add_prefix(PREDICTION_PREFIX)
+    return pd.concat([inputs, answers], axis=1)
+
+
+@dataclass
+class _Watched:
+    """The served version the monitor is following, with its reference drift frame."""
+
+    version: str
+    reference: pd.DataFrame
+    after: int = 0  # the last prediction-log row already evaluated
+    drifted_in_a_row: int = 0
+    windows: int = 0
+
+
+class DriftMonitor:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        predictions: PredictionLog,
+        served: Callable[[], LoadedModel],
+        alert: Alert,
+        *,
+        compare: Callable[..., Any] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.predictions = predictions
+        self.served = served
+        self.alert = alert
+        self.reports = settings.state_dir / "reports"
+        self._compare = compare
+        self._executor = executor
+        self._lock_fd: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._watched: _Watched | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._lock_fd is not None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="drift-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        release(self._lock_fd)
+        self._lock_fd = None
+
+    async def _run(self) -> None:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        lock = str(self.settings.state_dir / "monitor.lock")
+        while True:
+            if self._lock_fd is None:
+                self._lock_fd = try_lock(lock)  # another worker's monitor may have died
+                if self._lock_fd is not None:
+                    log.info("drift monitor running in this worker")
+            if self._lock_fd is not None:
+                await self.check()
+            await asyncio.sleep(self.settings.drift_interval_s)
+
+    async def check(self) -> None:
+        """One round: the live quality gauge, then a drift window if one is full."""
+        model = self.served()
+        try:
+            await asyncio.to_thread(self._quality, model)
+        except Exception:
+            log.exception("live quality of %s v%s failed", model.name, model.version)
+            self.metrics.safely(lambda: self.metrics.monitor_errors.labels("quality").inc())
+        try:
+            await self._window(model)
+        except Exception as exc:
+            log.exception("drift check of %s v%s failed: %s", model.name, model.version, exc)
+            self.metrics.safely(lambda: self.metrics.monitor_errors.labels("drift").inc())
+
+    # -- drift ------------------------------------------------------------------------------
+    async def _window(self, model: LoadedModel) -> None:
+        watched = self._watched
+        if watched is None or watched.version != model.version:
+            reference = await asyncio.to_thread(self._reference, model)
+            watched = self._watched = _Watched(model.version, reference)
+            self.metrics.safely(lambda: self.metrics.drift_detected.labels(model.name).set(0))
+        size = self.settings.drift_window
+        rows = await asyncio.to_thread(
+            self.predictions.window, model.name, model.version, watched.after, size
+        )
+        if len(rows) < size:
+            return
+        watched.after = rows[-1].rowid
+        current = await asyncio.to_thread(self._drift_frame, model, rows_frame(model, rows))
+        watched.windows += 1
+        name = f"{model.name}-v{model.version}-{watched.windows:05d}"
+        html = self.reports / f"{name}.html"
+        result = await asyncio.get_running_loop().run_in_executor(
+            self._pool(), self._compare_fn(), watched.reference, current, self._options(), html
+        )
+        self._publish(model, watched, result, html, name)
+        watched.drifted_in_a_row = watched.drifted_in_a_row + 1 if result.detected else 0
+        if watched.drifted_in_a_row >= self.settings.drift_alert_windows:
+            watched.drifted_in_a_row = 0
+            alert_id = f"drift-{model.name}-v{model.version}-{int(time.time())}"
+            log.warning(
+                "%s v%s: %d drifted windows in a row → alert %s",
+                model.name,
+                model.version,
+                self.settings.drift_alert_windows,
+                alert_id,
+            )
+            detail = {"window": name, "share": result.share, "run_id": model.run_id}
+            await self.alert(alert_id, "monitor", detail)
+
+    def _reference(self, model: LoadedModel) -> pd.DataFrame:
+        from mlflow import MlflowClient
+
+        from trainers.drift import REFERENCE_SAMPLE
+
+        client = MlflowClient(self.settings.tracking_uri, self.settings.tracking_uri)
+        with tempfile.TemporaryDirectory(prefix="gateway-reference-") as tmp:
+            path = client.download_artifacts(model.run_id, REFERENCE_SAMPLE, tmp)
+            frame = pd.read_parquet(path)
+        return self._drift_frame(model, frame)
+
+    def _drift_frame(self, model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
+        from trainers.drift import drift_frame
+
+        return drift_frame(model.pipeline, model.predictor, frame)
+
+    def _options(self) -> Any:
+        from trainers.drift import DriftOptions
+
+        s = self.settings
+        return DriftOptions(
+            s.drift_num_method, s.drift_cat_method, s.drift_threshold, s.drift_share
+        )
+
+    def _compare_fn(self) -> Callable[..., Any]:
+        if self._compare is None:
+            from trainers.drift import compare
+
+            self._compare = compare
+        return self._compare
+
+    def _pool(self) -> Executor:
+        if self._executor is None:  # started on first use: the import costs seconds, once
+            context = multiprocessing.get_context("spawn")
+            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        return self._executor
+
+    def _publish(
+        self, model: LoadedModel, watched: _Watched, result: Any, html: Path, name: str
+    ) -> None:
+        m = self.metrics
+        m.safely(lambda: m.drift_share.labels(model.name, model.version).set(result.share))
+        m.safely(lambda: m.drift_detected.labels(model.name).set(int(result.detected)))
+        outcome = "drifted" if result.detected else "clean"
+        m.safely(lambda: m.drift_windows.labels(model.name, outcome).inc())
+        for column in result.columns:
+            score = m.drift_score.labels(model.name, column.column, column.method)
+            m.safely(functools.partial(score.set, column.score))
+        log.info("%s v%s window %s: %s", model.name, model.version, name, result.describe())
+        try:
+            summary = {
+                "model_name": model.name,
+                "model_version": model.version,
+                "run_id": model.run_id,
+                "window": name,
+                "evaluated_at": time.time(),
+                "report": f"{name}.html",
+                **result.to_json(),
+            }
+            (self.reports / f"{name}.json").write_text(json.dumps(summary, indent=1))
+            shutil.copyfile(html, self.reports / "latest.html")
+            (self.reports / "latest.json").write_text(json.dumps(summary, indent=1))
+            self._log_to_mlflow(model, html, result.detected or watched.windows == 1)
+        except Exception:
+            log.exception("could not keep the drift report %s", html)
+            m.safely(lambda: m.monitor_errors.labels("report").inc())
+
+    def _log_to_mlflow(self, model: LoadedModel, html: Path, keep: bool) -> None:
+        """Log the report into the served model's run (the first window and every drifted one,
+        so the run does not collect thousands of clean reports)."""
+        if not keep:
+            return
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.settings.tracking_uri, self.settings.tracking_uri)
+        client.log_artifact(model.run_id, str(html), "drift/reports")
+
+    # -- live quality -------------------------------------------------------------------------
+    def _quality(self, model: LoadedModel) -> None:
+        rows = self.predictions.labelled(model.name, model.version, self.settings.quality_window)
+        if len(rows) < 10:
+            return
+        pipeline = model.pipeline
+        frame = rows_frame(model, rows)
+        frame[pipeline.target] = [r.label for r in rows]
+        outputs = [model.output_model.model_validate(r.output) for r in rows]
+        try:
+            score = float(pipeline.evaluate(frame, outputs))
+        except ValueError as exc:  # e.g. AUC over labels of one class
+            log.info(
+                "live quality of %s v%s not computable yet: %s", model.name, model.version, exc
+            )
+            return
+        metric = pipeline.metric.name
+        m = self.metrics
+        m.safely(lambda: m.live_quality.labels(model.name, model.version, metric).set(score))
+        m.safely(lambda: m.labelled.labels(model.name, model.version).set(len(rows)))

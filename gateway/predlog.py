@@ -1,0 +1,223 @@
+"""The prediction log: every answered object under its request id, the ground truth that comes
+back for it later, and the alerts and retrains of the loop — one SQLite file (WAL) shared by the
+workers of a serve.
+
+The request path only appends to a bounded in-memory buffer (a full buffer drops the sample and
+counts it; it never blocks). A writer thread serialises and inserts the buffer in batches.
+
+Tables (the retrain data source reads ``predictions`` joined with ``feedback``):
+``predictions(request_id, ts, model, version, input, output)`` with JSON ``input``/``output``,
+``feedback(request_id, label, ts)`` with a JSON ``label``, ``alerts(key, ts, source, detail)``,
+``retrains(alert_id, model, started, pid, finished, result, detail, version, log)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    request_id TEXT PRIMARY KEY, ts REAL NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL,
+    input TEXT NOT NULL, output TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS predictions_model ON predictions (model, version);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id TEXT PRIMARY KEY, label TEXT NOT NULL, ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (
+    key TEXT PRIMARY KEY, ts REAL NOT NULL, source TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS retrains (
+    alert_id TEXT PRIMARY KEY, model TEXT NOT NULL, started REAL NOT NULL, pid INTEGER,
+    finished REAL, result TEXT, detail TEXT, version TEXT, log TEXT);
+"""
+FLUSH_S = 0.2
+
+
+@dataclass(frozen=True)
+class Logged:
+    """One answered object: the request id, the version that answered, input and output."""
+
+    request_id: str
+    model: str
+    version: str
+    item: BaseModel
+    answer: BaseModel
+
+
+@dataclass(frozen=True)
+class Row:
+    rowid: int
+    request_id: str
+    version: str
+    input: dict[str, Any]
+    output: dict[str, Any]
+    label: Any = None
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class PredictionLog:
+    def __init__(self, path: Path, capacity: int, metrics: GatewayMetrics) -> None:
+        self.path = path
+        self.capacity = capacity
+        self.metrics = metrics
+        self._buffer: collections.deque[Logged] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._lock = threading.Lock()  # one statement at a time on the shared connection
+        self._conn = connect(path)
+        self._writer = threading.Thread(target=self._write_loop, name="prediction-log", daemon=True)
+        self._writer.start()
+
+    # -- the request path -------------------------------------------------------------------
+    def offer(self, entries: Sequence[Logged]) -> None:
+        """Queue answered objects for the log; drop (and count) what does not fit."""
+        room = self.capacity - len(self._buffer)
+        if room < len(entries):
+            dropped = len(entries) - max(room, 0)
+            self.metrics.safely(lambda: self.metrics.samples_dropped.inc(dropped))
+            entries = entries[: max(room, 0)]
+        self._buffer.extend(entries)
+
+    # -- the writer -------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while not self._stopping:
+            self._wake.wait(FLUSH_S)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
+        if not batch:
+            return
+        now = time.time()
+        try:
+            rows = [
+                (
+                    e.request_id,
+                    now,
+                    e.model,
+                    e.version,
+                    e.item.model_dump_json(),
+                    e.answer.model_dump_json(),
+                )
+                for e in batch
+            ]
+            with self._lock, self._conn:
+                self._conn.execute("BEGIN")
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
+        except Exception:
+            log.exception("could not write %d predictions to %s", len(batch), self.path)
+            self.metrics.safely(lambda: self.metrics.monitor_errors.labels("log").inc())
+            self.metrics.safely(lambda: self.metrics.samples_dropped.inc(len(batch)))
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._writer.join(timeout=5)
+        self.flush()
+        with self._lock:
+            self._conn.close()
+
+    # -- feedback, alerts, retrains -----------------------------------------------------------
+    def record_feedback(self, labels: Sequence[tuple[str, Any]]) -> None:
+        now = time.time()
+        rows = [(rid, json.dumps(label), now) for rid, label in labels]
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN")
+            self._conn.executemany("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?)", rows)
+
+    def first_alert(self, key: str, source: str, detail: dict[str, Any]) -> bool:
+        """Record alert ``key``; False when it was seen before (by any worker)."""
+        with self._lock:
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?)",
+                (key, time.time(), source, json.dumps(detail, default=str)),
+            )
+        return cursor.rowcount == 1
+
+    def retrain_started(self, alert_id: str, model: str, pid: int, log_path: str) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO retrains (alert_id, model, started, pid, log) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (alert_id, model, time.time(), pid, log_path),
+            )
+
+    def retrain_finished(
+        self, alert_id: str, result: str, detail: str, version: str | None
+    ) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE retrains SET finished = ?, result = ?, detail = ?, version = ? "
+                "WHERE alert_id = ?",
+                (time.time(), result, detail, version, alert_id),
+            )
+
+    def retrains(self, model: str, limit: int = 20) -> list[dict[str, Any]]:
+        with self._lock:
+            cursor = self._conn.execute(
+                "SELECT alert_id, started, pid, finished, result, detail, version, log "
+                "FROM retrains WHERE model = ? ORDER BY started DESC LIMIT ?",
+                (model, limit),
+            )
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    # -- reading windows --------------------------------------------------------------------
+    def window(self, model: str, version: str, after: int, size: int) -> list[Row]:
+        """The newest ``size`` objects ``version`` answered after row ``after``, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT rowid, request_id, version, input, output FROM predictions "
+                "WHERE model = ? AND version = ? AND rowid > ? ORDER BY rowid DESC LIMIT ?",
+                (model, version, after, size),
+            ).fetchall()
+        return [_row(r) for r in reversed(rows)]
+
+    def labelled(self, model: str, version: str | None, size: int) -> list[Row]:
+        """The newest ``size`` labelled objects (of ``version``, or of any version)."""
+        query = (
+            "SELECT p.rowid, p.request_id, p.version, p.input, p.output, f.label "
+            "FROM feedback f JOIN predictions p ON p.request_id = f.request_id "
+            "WHERE p.model = ?" + (" AND p.version = ?" if version is not None else "")
+        )
+        args: tuple[Any, ...] = (model, version) if version is not None else (model,)
+        with self._lock:
+            rows = self._conn.execute(
+                query + " ORDER BY f.rowid DESC LIMIT ?", (*args, size)
+            ).fetchall()
+        return [_row(r) for r in reversed(rows)]
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._conn
+
+
+def _row(raw: tuple[Any, ...]) -> Row:
+    label = json.loads(raw[5]) if len(raw) > 5 else None
+    return Row(raw[0], raw[1], raw[2], json.loads(raw[3]), json.loads(raw[4]), label)
