@@ -76,8 +76,10 @@ class DriftMonitor:
         self.served = served
         self.alert = alert
         self.reports = settings.state_dir / "reports"
-        self._compare = compare
-        self._executor = executor
+        self.compare = compare
+        """The drift computation (default: ``trainers.drift.compare``)."""
+        self.executor = executor
+        """Where it runs (default: a separate process, started on first use)."""
         self._lock_fd: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._watched: _Watched | None = None
@@ -93,8 +95,8 @@ class DriftMonitor:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
         release(self._lock_fd)
         self._lock_fd = None
 
@@ -102,13 +104,13 @@ class DriftMonitor:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         lock = str(self.settings.state_dir / "monitor.lock")
         while True:
+            await asyncio.sleep(self.settings.drift_interval_s)
             if self._lock_fd is None:
                 self._lock_fd = try_lock(lock)  # another worker's monitor may have died
                 if self._lock_fd is not None:
                     log.info("drift monitor running in this worker")
             if self._lock_fd is not None:
                 await self.check()
-            await asyncio.sleep(self.settings.drift_interval_s)
 
     async def check(self) -> None:
         """One round: the live quality gauge, then a drift window if one is full."""
@@ -185,17 +187,17 @@ class DriftMonitor:
         )
 
     def _compare_fn(self) -> Callable[..., Any]:
-        if self._compare is None:
+        if self.compare is None:
             from trainers.drift import compare
 
-            self._compare = compare
-        return self._compare
+            self.compare = compare
+        return self.compare
 
     def _pool(self) -> Executor:
-        if self._executor is None:  # started on first use: the import costs seconds, once
+        if self.executor is None:  # started on first use: the import costs seconds, once
             context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=context)
-        return self._executor
+            self.executor = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        return self.executor
 
     def _publish(
         self, model: LoadedModel, watched: _Watched, result: Any, html: Path, name: str

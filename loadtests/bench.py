@@ -216,7 +216,10 @@ def gateway_server(
     bulk: list[dict[str, object]],
     *,
     shared_device: str = "off",
+    loop: bool = True,
 ) -> Server:
+    """The gateway; with ``loop`` its prediction log and drift monitor run, the monitor checking
+    for a full window every 5 s so that it works during the measurement."""
     port, data = free_port(), free_port()
     return Server(
         name,
@@ -225,6 +228,9 @@ def gateway_server(
             "GATEWAY_TRACKING_URI": store,
             "GATEWAY_DATA_PORT": str(data),
             "GATEWAY_SHARED_DEVICE": shared_device,
+            "GATEWAY_LOG_PREDICTIONS": str(loop).lower(),
+            "GATEWAY_DRIFT_INTERVAL_S": "5",
+            "GATEWAY_STATE_DIR": str(home.parent / f"state-{name.replace(' ', '-')}-{workers}"),
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "true",
             "BENTOML_CONFIG_OPTIONS": f"services.lineage_gateway.workers={workers}",
@@ -267,6 +273,55 @@ def main() -> None:
                 bulk = bulk_rate(server.bulk_path, server.bulk_body, 1000)
             results.append(Result(server.name, workers, ok, p50, p99, errors, cold, bulk))
     report(results, args.connections, args.seconds)
+    alert_to_serving(store, work, max(args.workers))
+
+
+def alert_to_serving(store: str, work: Path, workers: int) -> None:
+    """An Alertmanager alert → retrain on a drifted labelled snapshot → promotion → every answer
+    from the new version; prints the time to promotion (retrain) and from there to serving."""
+    from mlflow import MlflowClient
+
+    snapshot = work / "shifted.parquet"
+    subprocess.run(
+        [str(BIN / "trainers"), "data", "loans", "--out", str(snapshot), "--shift", "1"],
+        cwd=work,
+        check=True,
+        capture_output=True,
+    )
+    client = MlflowClient(store, store)
+    before = str(client.get_model_version_by_alias("loans", "champion").version)
+    server = gateway_server("gateway loop", store, workers, work / "bentoml", [OBJECT])
+    server.env |= {"GATEWAY_ALERT_TOKEN": "bench", "GATEWAY_RETRAIN_DATA": str(snapshot)}
+    print(f"\nalert → serving, {workers} worker(s) …", flush=True)
+    base = server.predict.rsplit("/", 1)[0]
+    alert = {
+        "groupKey": "bench",
+        "alerts": [{"status": "firing", "fingerprint": "bench", "labels": {}}],
+    }
+    with running(server, work / "gateway-loop.log"):
+        started = time.perf_counter()
+        headers = {"authorization": "Bearer bench"}
+        httpx.post(f"{base}/alerts", json=alert, headers=headers, timeout=30).raise_for_status()
+        while str(client.get_model_version_by_alias("loans", "champion").version) == before:
+            ended = httpx.get(f"{base}/retrains", timeout=30).json()["retrains"]
+            if any(r["result"] in {"rejected", "failed", "skipped"} for r in ended):
+                sys.exit(f"the retrain did not promote: {ended}")
+            if time.perf_counter() - started > 300:
+                sys.exit("no promotion within 300 s")
+            time.sleep(0.1)
+        promoted = time.perf_counter()
+        with httpx.Client(timeout=30) as http:
+            while True:  # every worker: several answers in a row from the new version
+                answers = [http.post(server.predict, json=server.body) for _ in range(8)]
+                if all(a.json()["model_version"] != before for a in answers):
+                    break
+                time.sleep(0.05)
+        serving = time.perf_counter()
+    print(
+        f"alert → promoted (retrain): {promoted - started:.1f} s; "
+        f"promoted → every answer from the new version (swap): {serving - promoted:.1f} s; "
+        f"total {serving - started:.1f} s"
+    )
 
 
 def report(results: list[Result], connections: int, seconds: int) -> None:
@@ -291,6 +346,10 @@ def report(results: list[Result], connections: int, seconds: int) -> None:
             f"{g.ok_per_s / by['mlflow models serve'].ok_per_s:.1f}x, "
             f"gateway / plain BentoML = {g.ok_per_s / by['plain BentoML'].ok_per_s:.1f}x"
         )
+        if (off := by.get("gateway monitor off")) is not None:
+            print(
+                f"{workers} worker(s): monitor on / monitor off = {g.ok_per_s / off.ok_per_s:.2f}x"
+            )
         if (shared := by.get("gateway shared device")) is not None:
             print(
                 f"{workers} worker(s): shared device / per-worker device = "

@@ -92,10 +92,11 @@ def cli(uri: str, *args: str) -> Result:
 
 @contextlib.contextmanager
 def serve_gateway(
-    store: str, logs: Path, *, workers: int = 2, **settings: str
+    store: str, logs: Path, *, workers: int = 2, settings: dict[str, str] | None = None
 ) -> Iterator[tuple[str, str]]:
-    """A real ``bentoml serve`` of the repository's bentofile with ``workers`` workers; yields the
-    base URLs of BentoML's port and of the data plane."""
+    """A real ``bentoml serve`` of the repository's bentofile with ``workers`` workers and the
+    gateway ``settings`` (names without the ``GATEWAY_`` prefix); yields the base URLs of
+    BentoML's port and of the data plane."""
     port, data_port = free_port(), free_port()
     env = {
         "GATEWAY_TRACKING_URI": store,
@@ -103,7 +104,7 @@ def serve_gateway(
         "BENTOML_HOME": str(logs / "bentoml-home"),
         "BENTOML_DO_NOT_TRACK": "true",
         "BENTOML_CONFIG_OPTIONS": f"services.lineage_gateway.workers={workers}",
-        **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
+        **{f"GATEWAY_{k.upper()}": v for k, v in (settings or {}).items()},
     }
     args = [str(VENV_BIN / "bentoml"), "serve", "--port", str(port), "--host", "127.0.0.1"]
     with process(args, cwd=REPO, env=env, log=logs / "bentoml.log") as proc:

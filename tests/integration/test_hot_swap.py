@@ -80,7 +80,7 @@ def test_promote_rollback_and_refuse_a_tampered_version_under_load(
             "1",
         )
 
-    with serve_gateway(store, tmp_path, poll_interval_s="0.3") as (base, data):
+    with serve_gateway(store, tmp_path, settings={"poll_interval_s": "0.3"}) as (base, data):
         with Load(f"{data}/predict") as load:
             wait_until(lambda: load.latest(20) == {"1"}, 30, "v1 answering")
             assert cli(store, "promote", "loans", "2").exit_code == 0

@@ -260,7 +260,7 @@ def test_model_live_ready_and_every_documented_metric(gateway: tuple[str, str]) 
         assert "decision" in info["output_schema"]["properties"]
     httpx.post(f"{data}/predict", json={"application": {"age": 3}})  # a validation error
     httpx.post(f"{data}/predict", json={"application": APPLICATION})
-    documented = re.findall(r"^\| `(gateway_[a-z_]+)`", (REPO / "README.md").read_text(), re.M)
+    documented = documented_metrics("### Metrics")
     assert len(documented) >= 10
     for url in gateway:
         text = httpx.get(f"{url}/metrics").text
@@ -272,6 +272,13 @@ def test_model_live_ready_and_every_documented_metric(gateway: tuple[str, str]) 
         assert not missing, f"documented but not exported on {url}: {missing}"
     info = metric_samples(httpx.get(f"{base}/metrics").text, "gateway_model_info")
     assert list(info.values()) == [1.0]
+
+
+def documented_metrics(heading: str) -> list[str]:
+    """The metric names in the README's table under ``heading``."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^\| `(gateway_[a-z_]+)`", section, re.M)
 
 
 def test_openapi_document_shows_the_business_schemas(gateway: tuple[str, str]) -> None:

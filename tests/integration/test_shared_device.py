@@ -134,7 +134,7 @@ def shared_gateway(
     root = tmp_path_factory.mktemp("shared-store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     train_ok(uri, "loans", "--data", str(loans_data), *FAST_LOANS)
-    with serve_gateway(uri, root, shared_device="on") as (base, data):
+    with serve_gateway(uri, root, settings={"shared_device": "on"}) as (base, data):
         yield uri, base, data
 
 

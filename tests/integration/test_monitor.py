@@ -1,0 +1,84 @@
+"""The monitoring side never fails a prediction: a failing drift computation, a full prediction
+log buffer and bad feedback are counted and refused, while answers keep coming."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from gateway.core import GatewayCore
+from gateway.http import create_app
+from gateway.loader import load
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
+from tests.conftest import FAST_LOANS, train_ok
+from tests.helpers import metric_samples
+from tests.integration.test_serving import APPLICATION, loan_variants
+
+
+def boom(*args: Any) -> Any:
+    raise RuntimeError("injected failure in the drift computation")
+
+
+def _metric(client: TestClient, name: str, labels: str = "") -> float:
+    return metric_samples(client.get("/metrics").text, name).get(labels, 0.0)
+
+
+def test_monitor_failures_never_fail_a_prediction(
+    store: str, loans_data: Path, tmp_path: Path
+) -> None:
+    train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
+    settings = GatewaySettings(
+        tracking_uri=store,
+        data_port=0,
+        poll_interval_s=0,
+        state_dir=tmp_path / "state",
+        drift_window=20,
+        drift_interval_s=3600,  # rounds are run by hand below
+        log_buffer=30,
+    )
+    core = GatewayCore(load(settings), settings, GatewayMetrics())
+    with TestClient(create_app(lambda: core)) as client:
+        assert core.monitor is not None
+        assert core.predictions is not None
+        core.monitor.compare = boom
+        core.monitor.executor = ThreadPoolExecutor(1)
+        objects = loan_variants(25)
+        answered = client.post("/predict/bulk", json={"applications": objects})
+        assert answered.status_code == 200
+        ids = answered.json()["request_ids"]
+        assert len(set(ids)) == 25
+        core.predictions.flush()
+
+        client.portal.call(core.monitor.check)  # type: ignore[union-attr]
+        assert _metric(client, "gateway_monitor_errors_total", '{stage="drift"}') == 1
+        assert client.post("/predict", json={"application": APPLICATION}).status_code == 200
+        assert client.get("/drift").status_code == 404  # no window was evaluated
+
+        # A full buffer drops samples (counted) and still answers.
+        core.predictions.flush()
+        flood = client.post("/predict/bulk", json={"applications": loan_variants(40)})
+        assert flood.status_code == 200
+        assert _metric(client, "gateway_monitor_samples_dropped_total") == 10
+
+        # Feedback: recorded for good labels, 422 naming the field for bad ones.
+        good = client.post("/feedback", json={"request_id": ids[0], "label": 1})
+        assert good.json() == {"recorded": 1}
+        bad = client.post(
+            "/feedback", json={"feedback": [{"request_id": ids[1], "label": "maybe"}]}
+        )
+        assert bad.status_code == 422
+        assert "feedback.0.label" in bad.text
+        assert "a finite number or a boolean" in bad.text
+        missing = client.post("/feedback", json={"request_id": ids[1]})
+        assert missing.status_code == 422
+        assert "request_id and label" in missing.text
+        assert _metric(client, "gateway_feedback_total", '{result="recorded"}') == 1
+        assert _metric(client, "gateway_feedback_total", '{result="refused"}') == 2
+        (labelled,) = core.predictions.labelled("loans", None, 10)
+        assert labelled.request_id == ids[0]
+        assert labelled.label == 1
+        assert labelled.input["income"] == objects[0]["income"]
