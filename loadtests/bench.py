@@ -205,6 +205,8 @@ def servers(store: str, workers: int, home: Path) -> list[Server]:
         found.append(
             gateway_server("gateway shared device", store, workers, home, bulk, shared_device="on")
         )
+    if workers == max(1, os.cpu_count() or 1):  # the same without prediction log and monitor
+        found.append(gateway_server("gateway monitor off", store, workers, home, bulk, loop=False))
     return found
 
 
