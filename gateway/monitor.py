@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -195,8 +196,11 @@ class DriftMonitor:
 
     def _pool(self) -> Executor:
         if self.executor is None:  # started on first use: the import costs seconds, once
+            # At the lowest CPU priority: under load, serving wins and the monitor lags.
             context = multiprocessing.get_context("spawn")
-            self.executor = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self.executor = ProcessPoolExecutor(
+                max_workers=1, mp_context=context, initializer=os.nice, initargs=(19,)
+            )
         return self.executor
 
     def _publish(
