@@ -123,7 +123,7 @@ class GatewayCore:
     async def start(self) -> None:
         await self.device.start()
         self.served.batcher.start()
-        self._start_loop()
+        await self._start_loop()
         self._show(self.served.model, 1)
         if self.settings.poll_interval_s > 0:
             self._watcher = asyncio.get_running_loop().create_task(self._follow_alias())
@@ -148,7 +148,7 @@ class GatewayCore:
         if self.predictions is not None:
             await asyncio.to_thread(self.predictions.close)
 
-    def _start_loop(self) -> None:
+    async def _start_loop(self) -> None:
         """The prediction log, the drift monitor and the retrain path (each optional)."""
         settings, metrics = self.settings, self.metrics
         if not settings.log_predictions:
@@ -161,7 +161,7 @@ class GatewayCore:
             self.monitor = DriftMonitor(
                 settings, metrics, self.predictions, current, self.retrains.alert
             )
-            asyncio.get_running_loop().create_task(self.monitor.start())
+            await self.monitor.start()
 
     def _current_model(self) -> LoadedModel:
         return self.served.model
@@ -373,7 +373,7 @@ def validate_feedback(model: LoadedModel, payload: Any, limit: int) -> list[tupl
         where = [f"feedback.{i}" for i in range(len(entries))]
     else:
         entries, where = [payload], ["body"]
-    kind = model.pipeline.target_kind() if model.pipeline is not None else "number"
+    kind = model.pipeline.target_kind()
     pairs = []
     for entry, place in zip(entries, where, strict=True):
         if not isinstance(entry, Mapping) or set(entry) != {"request_id", "label"}:

@@ -24,7 +24,7 @@ class LoadedModel:
     input_model: type[BaseModel]
     output_model: type[BaseModel]
     predictor: Any
-    pipeline: Any = None
+    pipeline: Any
     """The pipeline recipe (target, metric, evaluate, features) for monitoring."""
     loaded_at: float = field(default_factory=time.time)
 

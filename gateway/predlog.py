@@ -14,13 +14,12 @@ Tables (the retrain data source reads ``predictions`` joined with ``feedback``):
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,11 +188,19 @@ class PredictionLog:
 
     # -- reading windows --------------------------------------------------------------------
     def window(self, model: str, version: str, after: int, size: int) -> list[Row]:
-        """The newest ``size`` objects ``version`` answered after row ``after``, oldest first."""
+        """The newest ``size`` objects ``version`` answered after row ``after``, oldest first —
+        or nothing while fewer have arrived (counted on the index; no row is read or parsed)."""
+        where = "WHERE model = ? AND version = ? AND rowid > ?"
         with self._lock:
+            (arrived,) = self._conn.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM predictions {where} LIMIT ?)",
+                (model, version, after, size),
+            ).fetchone()
+            if arrived < size:
+                return []
             rows = self._conn.execute(
                 "SELECT rowid, request_id, version, input, output FROM predictions "
-                "WHERE model = ? AND version = ? AND rowid > ? ORDER BY rowid DESC LIMIT ?",
+                f"{where} ORDER BY rowid DESC LIMIT ?",
                 (model, version, after, size),
             ).fetchall()
         return [_row(r) for r in reversed(rows)]
@@ -211,11 +218,6 @@ class PredictionLog:
                 query + " ORDER BY f.rowid DESC LIMIT ?", (*args, size)
             ).fetchall()
         return [_row(r) for r in reversed(rows)]
-
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._conn
 
 
 def _row(raw: tuple[Any, ...]) -> Row:
