@@ -12,6 +12,7 @@ latest labelled objects. Every failure here is logged and counted, never raised 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -37,6 +38,17 @@ from gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 PREDICTION_PREFIX = "prediction."
 Alert = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def _lowest_priority() -> None:
+    """Run the drift process at the lowest CPU priority: under load, serving wins and the monitor
+    lags. Where the kernel shares the CPU between sessions first (autogroup) — and every Bento
+    worker is a session of its own — plain nice only ranks processes inside their session, so
+    the process also takes a session of its own and lowers that group's priority."""
+    os.nice(19)
+    with contextlib.suppress(OSError):
+        os.setsid()
+        Path("/proc/self/autogroup").write_text("19")
 
 
 def rows_frame(model: LoadedModel, rows: list[Row]) -> pd.DataFrame:
@@ -138,7 +150,7 @@ class DriftMonitor:
         rows = await asyncio.to_thread(
             self.predictions.window, model.name, model.version, watched.after, size
         )
-        if len(rows) < size:
+        if not rows:  # the window is not full yet
             return
         watched.after = rows[-1].rowid
         current = await asyncio.to_thread(self._drift_frame, model, rows_frame(model, rows))
@@ -196,10 +208,9 @@ class DriftMonitor:
 
     def _pool(self) -> Executor:
         if self.executor is None:  # started on first use: the import costs seconds, once
-            # At the lowest CPU priority: under load, serving wins and the monitor lags.
             context = multiprocessing.get_context("spawn")
             self.executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=context, initializer=os.nice, initargs=(19,)
+                max_workers=1, mp_context=context, initializer=_lowest_priority
             )
         return self.executor
 
