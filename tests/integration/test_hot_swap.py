@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -81,22 +82,30 @@ def test_promote_rollback_and_refuse_a_tampered_version_under_load(
         )
 
     with serve_gateway(store, tmp_path, settings={"poll_interval_s": "0.3"}) as (base, data):
+
+        def swaps(result: str, at_least: int) -> Callable[[], bool]:
+            """Counted over both workers: the client's connections may all land on one worker,
+            so its answers alone do not show that the other one has swapped too."""
+
+            def enough() -> bool:
+                text = httpx.get(f"{base}/metrics").text
+                counted = metric_samples(text, "gateway_model_swaps_total")
+                return counted.get(f'{{model="loans",result="{result}"}}', 0) >= at_least
+
+            return enough
+
         with Load(f"{data}/predict") as load:
             wait_until(lambda: load.latest(20) == {"1"}, 30, "v1 answering")
             assert cli(store, "promote", "loans", "2").exit_code == 0
-            wait_until(lambda: load.latest(40) == {"2"}, 60, "swap to v2")
+            wait_until(swaps("swapped", 2), 60, "both workers on v2")
+            wait_until(lambda: load.latest(40) == {"2"}, 60, "answers from v2")
             assert cli(store, "rollback", "loans").exit_code == 0
-            wait_until(lambda: load.latest(40) == {"1"}, 60, "rollback to v1")
+            wait_until(swaps("swapped", 4), 60, "both workers back on v1")
+            wait_until(lambda: load.latest(40) == {"1"}, 60, "answers from v1")
 
             tamper(store, "3")
             assert cli(store, "promote", "loans", "3").exit_code == 0
-
-            def refused_by_both_workers() -> bool:
-                text = httpx.get(f"{base}/metrics").text
-                refused = metric_samples(text, "gateway_model_swaps_total")
-                return refused.get('{model="loans",result="refused"}', 0) >= 2
-
-            wait_until(refused_by_both_workers, 60, "tampered v3 refused")
+            wait_until(swaps("refused", 2), 60, "tampered v3 refused by both workers")
             time.sleep(1)
             assert load.latest(40) == {"1"}
 
