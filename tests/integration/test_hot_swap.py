@@ -116,8 +116,8 @@ def test_promote_rollback_and_refuse_a_tampered_version_under_load(
     versions = Counter(v for _, v in load.results)
     assert versions["2"] >= 40
     assert set(versions) == {"1", "2"}
-    swaps = metric_samples(metrics, "gateway_model_swaps_total")
-    assert swaps['{model="loans",result="swapped"}'] >= 4  # v1→v2 and back, in each worker
+    counted = metric_samples(metrics, "gateway_model_swaps_total")
+    assert counted['{model="loans",result="swapped"}'] >= 4  # v1→v2 and back, in each worker
     assert metric_samples(metrics, "gateway_model_rollbacks_total")['{model="loans"}'] >= 2
     info = metric_samples(metrics, "gateway_model_info")
     assert {k for k, v in info.items() if v == 1} == {k for k in info if 'version="1"' in k}
