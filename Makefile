@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # BentoML's usage analytics would try to reach the internet from every server start.
 export BENTOML_DO_NOT_TRACK = true
 
-.PHONY: install serve test lint bento bench
+.PHONY: install serve test lint bento bench tools proto
 
 # torch first, pinned: the CPU wheel on local disk; an open range would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -42,5 +42,16 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The monitoring binaries the tests start for real: Prometheus, promtool, Alertmanager (Debian).
+tools:
+	command -v prometheus >/dev/null && command -v promtool >/dev/null \
+		&& command -v prometheus-alertmanager >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends prometheus prometheus-alertmanager)
+
+# The gRPC stubs of the Open Inference Protocol, checked in; a test fails when they are stale.
+proto: install
+	$(BIN)/python -m gateway.oip.proto
+
+test: lint tools
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)

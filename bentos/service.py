@@ -22,6 +22,8 @@ from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+# Swaps, refusals, drift windows and retrains are the service log's news: show them at INFO.
+logging.getLogger("gateway").setLevel(logging.INFO)
 BUNDLE = Path(__file__).with_name("bundle.json")  # written by `make bento`, read by the build
 
 

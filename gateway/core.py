@@ -10,13 +10,14 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from gateway.batching import Batcher, BatchStats
 from gateway.device import Device, make_device
-from gateway.errors import BadRequest, InvalidInput, Unavailable
+from gateway.errors import BadRequest, InvalidInput, InvalidTensor, Unavailable
 from gateway.loop import RetrainLoop
 from gateway.metrics import GatewayMetrics, outcome_field
 from gateway.model import LoadedModel
@@ -32,9 +33,13 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
-def parse_json(body: bytes) -> Any:
-    """Strict JSON: NaN and Infinity are refused (Python's json accepts them by default)."""
+def parse_json(body: bytes, *, constants: bool = False) -> Any:
+    """Strict JSON: NaN and Infinity are refused (Python's json accepts them by default) unless
+    ``constants`` (OIP tensors, where NaN marks a missing optional number and a required field
+    refuses it by name)."""
     try:
+        if constants:
+            return json.loads(body)
         return json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
@@ -93,6 +98,16 @@ class Served:
         self.metrics.batch_size.observe(stats.size)
         self.metrics.batch_wait.observe(stats.oldest_wait_s)
         self.metrics.queue_depth.set(stats.queued_after)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """Objects answered by one model, with their request ids (the keys of ``/feedback``)."""
+
+    model: LoadedModel
+    lineage: dict[str, str]
+    answers: list[BaseModel]
+    request_ids: list[str]
 
 
 class GatewayCore:
@@ -167,27 +182,31 @@ class GatewayCore:
         return self.served.model
 
     # -- requests ---------------------------------------------------------------------------
-    async def predict_one(self, payload: Any) -> dict[str, Any]:
+    async def answer(self, validate: Callable[[LoadedModel], list[BaseModel]]) -> Answered:
+        """Validate with ``validate`` against the model serving now, answer the objects in its
+        batches and log them: the one path behind every protocol."""
         served = self.served
         with self.metrics.timed("validate"):
-            item = self._checked(validate_one, served.model, payload)
-        (answer,) = await served.batcher.submit([item])
-        (request_id,) = self._keep(served.model, [item], [answer])
+            items = self._checked(validate, served.model)
+        answers = await served.batcher.submit(items)
+        request_ids = self._keep(served.model, items, answers)
+        return Answered(served.model, served.lineage, answers, request_ids)
+
+    async def predict_one(self, payload: Any) -> dict[str, Any]:
+        answered = await self.answer(lambda model: [validate_one(model, payload)])
         return {
-            "prediction": answer.model_dump(mode="json"),
-            "request_id": request_id,
-            **served.lineage,
+            "prediction": answered.answers[0].model_dump(mode="json"),
+            "request_id": answered.request_ids[0],
+            **answered.lineage,
         }
 
     async def predict_many(self, payload: Any) -> dict[str, Any]:
-        served = self.served
-        with self.metrics.timed("validate"):
-            items = self._checked(validate_many, served.model, payload, self.settings.max_bulk)
-        answers = await served.batcher.submit(items)
+        limit = self.settings.max_bulk
+        answered = await self.answer(lambda model: validate_many(model, payload, limit))
         return {
-            "predictions": [a.model_dump(mode="json") for a in answers],
-            "request_ids": self._keep(served.model, items, answers),
-            **served.lineage,
+            "predictions": [a.model_dump(mode="json") for a in answered.answers],
+            "request_ids": answered.request_ids,
+            **answered.lineage,
         }
 
     def _keep(
@@ -222,11 +241,11 @@ class GatewayCore:
     def _checked(self, validate: Callable[..., T], *args: Any) -> T:
         try:
             return validate(*args)
-        except InvalidInput as exc:
+        except (InvalidInput, InvalidTensor) as exc:
             self.metrics.safely(functools.partial(self._count_refusal, exc))
             raise
 
-    def _count_refusal(self, exc: InvalidInput) -> None:
+    def _count_refusal(self, exc: InvalidInput | InvalidTensor) -> None:
         for detail in exc.details:
             field = ".".join(p for p in str(detail["field"]).split(".") if not p.isdigit())
             self.metrics.validation_errors.labels(field).inc()

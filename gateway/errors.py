@@ -54,3 +54,20 @@ class Unavailable(GatewayError):
 
 class Unauthorized(GatewayError):
     status_code = 401
+
+
+class InvalidTensor(GatewayError):
+    """An Open Inference Protocol request whose tensors do not describe valid objects; the
+    message and ``details`` name the tensor (gRPC: ``INVALID_ARGUMENT``)."""
+
+    status_code = 400
+
+    def __init__(self, tensor: str, message: str) -> None:
+        super().__init__(f"{tensor}: {message}", [{"field": tensor, "message": message}])
+        self.tensor = tensor
+
+
+class NotFound(GatewayError):
+    """A model or version this server does not serve (gRPC: ``NOT_FOUND``)."""
+
+    status_code = 404

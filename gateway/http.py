@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,9 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.model import LoadedModel
+from gateway.oip.rest import SUMMARIES as OIP_SUMMARIES
+from gateway.oip.rest import routes as oip_routes
+from gateway.oip.service import Oip
 
 LINEAGE_HEADERS = {
     "model_name": "x-model-name",
@@ -38,12 +41,8 @@ LINEAGE_HEADERS = {
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-async def _json_body(request: Request, limit: int) -> Any:
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise UnsupportedMediaType(
-            f"content-type must be application/json, got {content_type or 'none'!r}"
-        )
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
@@ -52,10 +51,19 @@ async def _json_body(request: Request, limit: int) -> Any:
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    return parse_json(bytes(body))
+    return bytes(body)
 
 
-def _lineage_headers(answer: dict[str, Any]) -> dict[str, str]:
+async def _json_body(request: Request, limit: int) -> Any:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType(
+            f"content-type must be application/json, got {content_type or 'none'!r}"
+        )
+    return parse_json(await read_body(request, limit))
+
+
+def _lineage_headers(answer: Mapping[str, Any]) -> dict[str, str]:
     return {header: str(answer[key]) for key, header in LINEAGE_HEADERS.items()}
 
 
@@ -85,7 +93,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
                 if isinstance(exc, Overloaded):
                     core.metrics.safely(lambda: core.metrics.shed.labels(name).inc())
             elapsed = time.perf_counter() - started
-            core.metrics.safely(lambda: _count(core, name, response.status_code, elapsed))
+            core.metrics.safely(lambda: core.metrics.served(name, response.status_code, elapsed))
             return response
 
         return wrapper
@@ -186,9 +194,10 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         ("/drift/report", "GET"): drift_report,
         ("/alerts", "POST"): alerts,
         ("/retrains", "GET"): retrains,
+        **oip_routes(Oip(get_core), read_body, _lineage_headers),
     }
     handlers = {key: counted(key[0], endpoint) for key, endpoint in routes.items()}
-    docs: dict[str, dict[str, Any]] = {path: {} for path, _ in routes}
+    docs: dict[str, dict[str, Any]] = {path: _path_parameters(path) for path, _ in routes}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -199,14 +208,23 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         for path, extra in describe(core.served.model).items():
             docs[path].update(extra)
         settings = core.settings
-        plane = None
-        if settings.data_port:
-            fast = Starlette(routes=[Route(p, h, methods=[m]) for (p, m), h in handlers.items()])
-            plane = DataPlane(fast, settings.data_host, settings.data_port)
-            await plane.start()
+        plane = grpc = None
         try:
+            if settings.data_port:
+                routes = [Route(p, h, methods=[m]) for (p, m), h in handlers.items()]
+                plane = DataPlane(Starlette(routes=routes), settings.data_host, settings.data_port)
+                await plane.start()
+            if settings.grpc_port:
+                from gateway.oip.grpc_server import GrpcServer  # grpc: only where it serves
+
+                grpc = GrpcServer(
+                    Oip(get_core), settings.data_host, settings.grpc_port, settings.max_body_bytes
+                )
+                await grpc.start()
             yield
         finally:
+            if grpc is not None:
+                await grpc.stop()
             if plane is not None:
                 await plane.stop()
             await core.stop()
@@ -239,7 +257,20 @@ SUMMARIES = {
     "/drift/report": "The latest drift window's Evidently report (HTML)",
     "/alerts": "Alertmanager webhook: a firing alert starts a retrain (bearer token)",
     "/retrains": "Retrains started by alerts and how they ended",
+    **OIP_SUMMARIES,
 }
+
+
+def _path_parameters(path: str) -> dict[str, Any]:
+    names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
+    if not names:
+        return {}
+    return {
+        "parameters": [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in names
+        ]
+    }
 
 
 def describe(model: LoadedModel) -> dict[str, dict[str, Any]]:
@@ -297,8 +328,3 @@ def describe(model: LoadedModel) -> dict[str, dict[str, Any]]:
             ),
         },
     }
-
-
-def _count(core: GatewayCore, endpoint: str, status: int, elapsed: float) -> None:
-    core.metrics.requests.labels(endpoint, str(status)).inc()
-    core.metrics.request_seconds.labels(endpoint).observe(elapsed)

@@ -50,7 +50,8 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter(
             "gateway_requests_total",
-            "HTTP requests by endpoint and status code",
+            "Requests by endpoint and HTTP status code (gRPC calls: by method path, with the HTTP "
+            "status their gRPC code stands for)",
             ["endpoint", "status"],
             registry=r,
         )
@@ -247,6 +248,11 @@ class GatewayMetrics:
             log.exception("recording a metric failed")
             with suppress(Exception):
                 self.metric_errors.inc()
+
+    def served(self, endpoint: str, status: int, elapsed: float) -> None:
+        """One request answered (or refused) by ``endpoint``."""
+        self.requests.labels(endpoint, str(status)).inc()
+        self.request_seconds.labels(endpoint).observe(elapsed)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

@@ -66,7 +66,11 @@ class GatewaySettings(BaseSettings):
     """Port of the data plane every worker serves (0 turns it off; BentoML's port still answers)."""
 
     data_host: str = "0.0.0.0"
-    """Address the data plane binds."""
+    """Address the data plane and the gRPC server bind."""
+
+    grpc_port: int = Field(default=3002, ge=0, le=65535)
+    """Port of the Open Inference Protocol gRPC server, shared by every worker with
+    ``SO_REUSEPORT`` (0: no gRPC)."""
 
     # -- the loop: prediction log, drift monitor, alerts, retrain ------------------------------
     state_dir: Path = Path("gateway-state")

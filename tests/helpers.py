@@ -101,6 +101,7 @@ def serve_gateway(
     env = {
         "GATEWAY_TRACKING_URI": store,
         "GATEWAY_DATA_PORT": str(data_port),
+        "GATEWAY_GRPC_PORT": str(free_port()),  # settings may name one to connect to
         "BENTOML_HOME": str(logs / "bentoml-home"),
         "BENTOML_DO_NOT_TRACK": "true",
         "BENTOML_CONFIG_OPTIONS": f"services.lineage_gateway.workers={workers}",

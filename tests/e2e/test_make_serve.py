@@ -33,6 +33,7 @@ def test_make_serve_on_a_fresh_clone(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "MLFLOW_TRACKING_URI"}}
     env["GATEWAY_DATA_PORT"] = str(free_port())
+    env["GATEWAY_GRPC_PORT"] = str(free_port())
     env["PATH"] = os.pathsep.join(
         p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO))
     )

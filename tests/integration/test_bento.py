@@ -72,6 +72,7 @@ def test_built_bento_serves_without_the_tracking_store(tmp_path: Path, loans_dat
         "BENTOML_HOME": env["BENTOML_HOME"],
         "GATEWAY_TRACKING_URI": store,
         "GATEWAY_DATA_PORT": str(data_port),
+        "GATEWAY_GRPC_PORT": str(free_port()),
         "GATEWAY_POLL_INTERVAL_S": "0",
     }
     args = [bentoml, "serve", bento["tag"], "--port", str(port), "--host", "127.0.0.1"]

@@ -34,6 +34,7 @@ def test_monitor_failures_never_fail_a_prediction(
     settings = GatewaySettings(
         tracking_uri=store,
         data_port=0,
+        grpc_port=0,
         poll_interval_s=0,
         state_dir=tmp_path / "state",
         drift_window=20,

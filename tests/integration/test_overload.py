@@ -42,7 +42,12 @@ class SlowDevice:
 def test_excess_load_gets_503_with_retry_after(store: str, loans_data: Path) -> None:
     train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
     settings = GatewaySettings(
-        tracking_uri=store, data_port=0, poll_interval_s=0, max_batch_size=1, max_queue=2
+        tracking_uri=store,
+        data_port=0,
+        grpc_port=0,
+        poll_interval_s=0,
+        max_batch_size=1,
+        max_queue=2,
     )
     model = load(settings)
     slow = dataclasses.replace(model, predictor=SlowDevice(model.predictor))

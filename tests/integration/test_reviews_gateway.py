@@ -30,7 +30,12 @@ def store(tmp_path_factory: pytest.TempPathFactory, reviews_data: Path) -> str:
 @contextmanager
 def serving(store: str, **settings: Any) -> Iterator[TestClient]:
     config = GatewaySettings(
-        pipeline="reviews", tracking_uri=store, data_port=0, poll_interval_s=0, **settings
+        pipeline="reviews",
+        tracking_uri=store,
+        data_port=0,
+        grpc_port=0,
+        poll_interval_s=0,
+        **settings,
     )
     core = GatewayCore(load(config), config, GatewayMetrics())
     with TestClient(create_app(lambda: core)) as test_client:

@@ -81,6 +81,7 @@ def test_workers_share_one_device_and_take_it_over(
     settings = GatewaySettings(
         tracking_uri=store,
         data_port=0,
+        grpc_port=0,
         poll_interval_s=0,
         shared_device="on",
         device_socket=str(tmp_path / "device.sock"),

@@ -33,7 +33,7 @@ def test_a_new_package_is_a_new_pipeline(with_thermostat: None, store: str, tmp_
     assert "gate promoted" in output
 
     settings = GatewaySettings(
-        pipeline="thermostat", tracking_uri=store, data_port=0, poll_interval_s=0
+        pipeline="thermostat", tracking_uri=store, data_port=0, grpc_port=0, poll_interval_s=0
     )
     core = GatewayCore(load(settings), settings, GatewayMetrics())
     with TestClient(create_app(lambda: core)) as client:

@@ -1,0 +1,196 @@
+"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService``, served by every
+Bento worker.
+
+BentoML 1.4 serves new-style services over HTTP only, so the gRPC server is the gateway's own: a
+``grpc.aio`` server on the worker's event loop, bound with ``SO_REUSEPORT`` like the HTTP data
+plane, so the workers share one port (the kernel spreads connections across them) and each feeds
+its own batcher. A gRPC client keeps one connection, so one client talks to one worker; open a
+channel per worker's worth of load to spread it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from gateway.batching import Overloaded
+from gateway.errors import GatewayError, InvalidTensor
+from gateway.oip import grpc_predict_v2_pb2 as pb
+from gateway.oip import grpc_predict_v2_pb2_grpc as pb_grpc
+from gateway.oip.service import Inference, Oip
+from gateway.oip.tensors import Tensor, from_buffer, to_buffer
+
+log = logging.getLogger(__name__)
+SERVICE = "/inference.GRPCInferenceService/"
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+Reply = TypeVar("Reply")
+
+
+class Servicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, oip: Oip) -> None:
+        self.oip = oip
+
+    async def _call(
+        self, method: str, context: Any, answer: Callable[[], Awaitable[Reply]]
+    ) -> Reply:
+        """Run ``answer``; map refusals to gRPC status codes and count the call as the HTTP
+        routes are counted (the status label is the equivalent HTTP status)."""
+        core = self.oip.get_core()
+        started = time.perf_counter()
+        status = 200
+        try:
+            return await answer()
+        except Overloaded as exc:
+            status = 503
+            core.metrics.safely(lambda: core.metrics.shed.labels(SERVICE + method).inc())
+            await context.send_initial_metadata((("retry-after", f"{exc.retry_after:.0f}"),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"overloaded: {exc}")
+        except GatewayError as exc:
+            status = exc.status_code
+            code = CODES.get(exc.status_code, grpc.StatusCode.INTERNAL)
+            await context.abort(code, exc.message)
+        except Exception:
+            status = 500
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            core.metrics.safely(lambda: core.metrics.served(SERVICE + method, status, elapsed))
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.oip.ready())
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        async def answer() -> Any:
+            self.oip.model(request.name, request.version)
+            return pb.ModelReadyResponse(ready=self.oip.ready())
+
+        return await self._call("ModelReady", context, answer)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(**self.oip.server_metadata())
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        async def answer() -> Any:
+            meta = self.oip.model_metadata(request.name, request.version)
+            return pb.ModelMetadataResponse(
+                name=meta["name"],
+                versions=meta["versions"],
+                platform=meta["platform"],
+                inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+                outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+            )
+
+        return await self._call("ModelMetadata", context, answer)
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        async def answer() -> Any:
+            config = self.oip.model_config(request.name, request.version)
+            return pb.ModelConfigResponse(
+                config=pb.ModelConfig(
+                    name=config["name"],
+                    platform=config["platform"],
+                    backend=config["backend"],
+                    max_batch_size=config["max_batch_size"],
+                    input=[pb.ModelInput(**i) for i in config["input"]],
+                    output=[pb.ModelOutput(**o) for o in config["output"]],
+                )
+            )
+
+        return await self._call("ModelConfig", context, answer)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        async def answer() -> Any:
+            tensors = _inputs(request)
+            wanted = [o.name for o in request.outputs] or None
+            inference = await self.oip.infer(
+                request.model_name, request.model_version, tensors, wanted
+            )
+            return _response(inference, request.id)
+
+        return await self._call("ModelInfer", context, answer)
+
+
+def _inputs(request: Any) -> list[Tensor]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidTensor(
+            "raw_input_contents",
+            f"{len(raw)} entries for {len(request.inputs)} inputs; expected one per input",
+        )
+    tensors = []
+    for i, given in enumerate(request.inputs):
+        shape = list(given.shape)
+        if raw:
+            tensors.append(from_buffer(given.name, given.datatype, shape, raw[i]))
+            continue
+        field = CONTENTS.get(given.datatype)
+        if field is None:
+            raise InvalidTensor(given.name, f"unsupported datatype {given.datatype!r}")
+        values = list(getattr(given.contents, field))
+        tensors.append(Tensor(given.name, given.datatype, shape, values))
+    return tensors
+
+
+def _response(inference: Inference, request_id: str) -> Any:
+    model = inference.answered.model
+    response = pb.ModelInferResponse(
+        model_name=model.name, model_version=model.version, id=request_id
+    )
+    for key, value in inference.parameters().items():
+        response.parameters[key].string_param = value
+    for spec, column in zip(inference.outputs, inference.columns, strict=True):
+        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=[inference.count, 1])
+        response.raw_output_contents.append(to_buffer(spec.datatype, column))
+    return response
+
+
+class GrpcServer:
+    """``inference.GRPCInferenceService`` on ``host:port`` from the running event loop."""
+
+    def __init__(self, oip: Oip, host: str, port: int, max_message_bytes: int) -> None:
+        options = [
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self.server = grpc.aio.server(options=options)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(oip), self.server)  # type: ignore[no-untyped-call]
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def start(self) -> None:
+        if self.server.add_insecure_port(self.address) == 0:
+            raise OSError(f"cannot bind the gRPC port {self.address}")
+        await self.server.start()
+        log.info("gRPC (Open Inference Protocol v2) listening on %s", self.address)
+
+    async def stop(self) -> None:
+        await self.server.stop(grace=5)

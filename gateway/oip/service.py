@@ -1,0 +1,141 @@
+"""The Open Inference Protocol's operations over the gateway core, independent of the wire.
+
+REST (:mod:`gateway.oip.rest`) and gRPC (:mod:`gateway.oip.grpc_server`) decode their requests
+into :class:`~gateway.oip.tensors.Tensor` lists, call :meth:`Oip.infer`, and encode the
+:class:`Inference` it returns. Validation, batching, the prediction log and the metrics are the
+core's: an object answered over either protocol is answered exactly as ``POST /predict`` would.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from pydantic import BaseModel
+
+from gateway.core import Answered, GatewayCore
+from gateway.errors import NotFound
+from gateway.model import LoadedModel
+from gateway.oip.tensors import CONFIG_TYPES, Signature, Tensor, TensorSpec
+
+SERVER_NAME = "lineage-gateway"
+PLATFORM = "lineage-gateway"
+EXTENSIONS = ("binary_tensor_data", "model_configuration")
+
+
+def server_version() -> str:
+    try:
+        return version(SERVER_NAME)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=16)
+def signature(input_model: type[BaseModel], output_model: type[BaseModel]) -> Signature:
+    return Signature.of(input_model, output_model)
+
+
+def signature_of(model: LoadedModel) -> Signature:
+    return signature(model.input_model, model.output_model)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Answers in tensor form: ``columns[i]`` holds the values of ``outputs[i]``."""
+
+    answered: Answered
+    outputs: list[TensorSpec]
+    columns: list[list[Any]]
+
+    @property
+    def count(self) -> int:
+        return len(self.answered.answers)
+
+    def parameters(self) -> dict[str, str]:
+        return {"run_id": self.answered.model.run_id}
+
+
+class Oip:
+    """Health, metadata, configuration and inference of the served pipeline."""
+
+    def __init__(self, get_core: Callable[[], GatewayCore]) -> None:
+        self.get_core = get_core
+
+    def ready(self) -> bool:
+        return self.get_core().ready
+
+    def model(self, name: str, version: str = "") -> LoadedModel:
+        """The served model if it is ``name`` (and ``version``, when one is asked for)."""
+        served = self.get_core().served.model
+        if name != served.name:
+            raise NotFound(f"model {name!r} is not served here; this server serves {served.name!r}")
+        if version and version != served.version:
+            raise NotFound(
+                f"version {version!r} of {name!r} is not served; the served version is "
+                f"{served.version!r}"
+            )
+        return served
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        model = self.model(name, version)
+        sig = signature_of(model)
+        return {
+            "name": model.name,
+            "versions": [model.version],
+            "platform": PLATFORM,
+            "inputs": [spec.metadata() for spec in sig.inputs],
+            "outputs": [spec.metadata() for spec in sig.outputs],
+        }
+
+    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        """The subset of Triton's model configuration a client (perf_analyzer) reads."""
+        model = self.model(name, version)
+        sig = signature_of(model)
+        return {
+            "name": model.name,
+            "platform": PLATFORM,
+            "backend": PLATFORM,
+            "max_batch_size": self.get_core().settings.max_bulk,
+            "input": [
+                {
+                    "name": spec.name,
+                    "data_type": CONFIG_TYPES[spec.datatype],
+                    "dims": [1],
+                    "optional": spec.optional,
+                }
+                for spec in sig.inputs
+            ],
+            "output": [
+                {"name": spec.name, "data_type": CONFIG_TYPES[spec.datatype], "dims": [1]}
+                for spec in sig.outputs
+            ],
+        }
+
+    async def infer(
+        self,
+        name: str,
+        version: str,
+        tensors: Sequence[Tensor],
+        outputs: Sequence[str] | None,
+    ) -> Inference:
+        core = self.get_core()
+        self.model(name, version)
+        limit = core.settings.max_bulk
+        chosen: list[TensorSpec] = []
+
+        def validate(model: LoadedModel) -> list[BaseModel]:
+            sig = signature_of(model)
+            chosen.extend(sig.requested(outputs))
+            return sig.validate(model.input_model, sig.objects(tensors, limit))
+
+        answered = await core.answer(validate)
+        columns = [
+            Signature.column(spec, answered.answers, answered.request_ids) for spec in chosen
+        ]
+        return Inference(answered, chosen, columns)

@@ -1,0 +1,410 @@
+"""The Open Inference Protocol against a real ``bentoml serve``: tritonclient over gRPC and over
+HTTP (JSON and binary tensors) gets the answers the business endpoint gives for the same
+objects, for both demo pipelines; bad tensors and unknown models are refused by name.
+
+tritonclient's generated protobuf modules and the gateway's define the same ``inference.*``
+symbols, and protobuf keeps one pool per process: this test process only ever imports
+tritonclient's; the gateway's live in the server.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import FAST_LOANS, TINY_REVIEWS, train_ok
+from tests.helpers import REPO, VENV_BIN, free_port, metric_samples, serve_gateway
+from trainers import pipelines
+
+NUMPY = {"FP32": np.float32, "INT64": np.int64, "BOOL": np.bool_}
+
+
+@dataclass
+class Served:
+    pipeline: str
+    base: str
+    data: str
+    grpc: str
+    log: Path
+
+    @property
+    def http(self) -> str:
+        return self.data.removeprefix("http://")
+
+
+@pytest.fixture(scope="module")
+def loans(tmp_path_factory: pytest.TempPathFactory, loans_data: Path) -> Iterator[Served]:
+    yield from _serve(tmp_path_factory.mktemp("oip-loans"), "loans", loans_data, FAST_LOANS, 2)
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory: pytest.TempPathFactory, reviews_data: Path) -> Iterator[Served]:
+    yield from _serve(
+        tmp_path_factory.mktemp("oip-reviews"), "reviews", reviews_data, TINY_REVIEWS, 1
+    )
+
+
+def _serve(
+    tmp: Path, pipeline: str, data: Path, params: list[str], workers: int
+) -> Iterator[Served]:
+    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    train_ok(store, pipeline, "--data", str(data), *params)
+    grpc_port = free_port()
+    settings = {"pipeline": pipeline, "grpc_port": str(grpc_port), "poll_interval_s": "0"}
+    with serve_gateway(store, tmp, workers=workers, settings=settings) as (base, plane):
+        yield Served(pipeline, base, plane, f"127.0.0.1:{grpc_port}", tmp / "bentoml.log")
+
+
+def objects(pipeline: str, count: int, seed: int) -> list[dict[str, Any]]:
+    recipe = pipelines.get(pipeline)
+    frame = recipe.generate(count, 0.3, seed).drop(columns=[recipe.target])
+    return [
+        {str(k): None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        for row in frame.to_dict("records")
+    ]
+
+
+def business(served: Served, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    key = "applications" if served.pipeline == "loans" else "reviews"
+    answer = httpx.post(f"{served.data}/predict/bulk", json={key: items}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return list(answer.json()["predictions"])
+
+
+def columns(
+    metadata: list[dict[str, Any]], items: list[dict[str, Any]]
+) -> list[tuple[str, str, np.ndarray[Any, Any]]]:
+    """One ``(name, datatype, array)`` per input tensor; an optional field that is empty in
+    every object is left out, a missing number is NaN."""
+    out = []
+    for tensor in metadata:
+        name, datatype = tensor["name"], tensor["datatype"]
+        values = [item.get(name) for item in items]
+        if all(v is None for v in values):
+            continue
+        if datatype == "BYTES":
+            array = np.array([str(v).encode() for v in values], dtype=np.object_)
+        else:
+            array = np.array([np.nan if v is None else v for v in values], dtype=NUMPY[datatype])
+        out.append((name, datatype, array.reshape(-1, 1)))
+    return out
+
+
+def via_grpc(served: Served, items: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+    client = grpcclient.InferenceServerClient(served.grpc)
+    meta = client.get_model_metadata(served.pipeline, as_json=True)
+    inputs = []
+    for name, datatype, array in columns(meta["inputs"], items):
+        tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    result = client.infer(served.pipeline, inputs, request_id="grpc-1")
+    client.close()
+    return result.get_response(as_json=True), result
+
+
+def via_http(
+    served: Served, items: list[dict[str, Any]], binary: bool
+) -> tuple[dict[str, Any], Any]:
+    client = httpclient.InferenceServerClient(served.http)
+    meta = client.get_model_metadata(served.pipeline)
+    inputs = []
+    for name, datatype, array in columns(meta["inputs"], items):
+        tensor = httpclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        inputs.append(tensor)
+    outputs = [
+        httpclient.InferRequestedOutput(t["name"], binary_data=binary) for t in meta["outputs"]
+    ]
+    result = client.infer(served.pipeline, inputs, outputs=outputs, request_id="http-1")
+    client.close()
+    return result.get_response(), result
+
+
+def assert_same(
+    served: Served, items: list[dict[str, Any]], expected: list[dict[str, Any]], result: Any
+) -> None:
+    for name, _value in expected[0].items():
+        column = result.as_numpy(name).reshape(-1)
+        assert column.shape == (len(items),)
+        for got, answer in zip(column, expected, strict=True):
+            want = answer[name]
+            if isinstance(want, float):
+                assert float(got) == pytest.approx(want, abs=1e-5), name
+            else:
+                assert text(got) == want, name
+    ids = result.as_numpy("request_id").reshape(-1)
+    assert len({text(i) for i in ids}) == len(items)
+
+
+def text(value: Any) -> Any:
+    """BYTES elements: bytes from binary data and gRPC, str from JSON data."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@pytest.mark.parametrize("pipeline", ["loans", "reviews"])
+def test_tritonclient_gets_the_business_answers(
+    request: pytest.FixtureRequest, pipeline: str
+) -> None:
+    served: Served = request.getfixturevalue(pipeline)
+    items = objects(pipeline, 24, seed=7)
+    if pipeline == "reviews":  # an optional string travels for all objects or for none
+        items = [{**item, "title": f"take {i}"} for i, item in enumerate(items)]
+    expected = business(served, items)
+
+    response, result = via_grpc(served, items)
+    assert response["model_name"] == pipeline
+    assert response["model_version"] == "1"
+    assert response["id"] == "grpc-1"
+    assert response["parameters"]["run_id"]["string_param"]
+    assert_same(served, items, expected, result)
+
+    for binary in (False, True):
+        response, result = via_http(served, items, binary)
+        assert response["model_version"] == "1"
+        assert response["id"] == "http-1"
+        assert_same(served, items, expected, result)
+
+    # one object per call, as a client sending single objects does
+    for item, answer in zip(items[:4], expected[:4], strict=True):
+        _, result = via_grpc(served, [item])
+        assert_same(served, [item], [answer], result)
+
+
+def test_metadata_config_and_health(loans: Served) -> None:
+    grpc = grpcclient.InferenceServerClient(loans.grpc)
+    http = httpclient.InferenceServerClient(loans.http)
+    assert grpc.is_server_live()
+    assert grpc.is_server_ready()
+    assert http.is_server_live()
+    assert http.is_server_ready()
+    assert grpc.is_model_ready("loans")
+    assert http.is_model_ready("loans")
+    assert grpc.is_model_ready("loans", "1")
+    assert http.is_model_ready("loans", "1")
+
+    server = grpc.get_server_metadata(as_json=True)
+    assert server["name"] == "lineage-gateway"
+    assert "binary_tensor_data" in server["extensions"]
+
+    meta = http.get_model_metadata("loans")
+    assert meta == grpc.get_model_metadata("loans", as_json=True) | {
+        "inputs": meta["inputs"],
+        "outputs": meta["outputs"],
+    }
+    types = {t["name"]: t["datatype"] for t in meta["inputs"]}
+    assert types == {
+        "income": "FP32",
+        "age": "INT64",
+        "loan_amount": "FP32",
+        "term_months": "INT64",
+        "employment_status": "BYTES",
+        "purpose": "BYTES",
+        "existing_debt": "FP32",
+        "credit_history_years": "FP32",
+    }
+    outputs = {t["name"]: t["datatype"] for t in meta["outputs"]}
+    assert outputs == {"default_probability": "FP32", "decision": "BYTES", "request_id": "BYTES"}
+    assert all(t["shape"] == [-1, 1] for t in meta["inputs"] + meta["outputs"])
+
+    config = grpc.get_model_config("loans", as_json=True)["config"]
+    assert config["max_batch_size"] == 1000
+    assert {i["name"]: i["data_type"] for i in config["input"]}["age"] == "TYPE_INT64"
+    assert http.get_model_config("loans")["max_batch_size"] == 1000
+    grpc.close()
+    http.close()
+    # several workers share the gRPC port: every one of them bound it
+    assert loans.log.read_text().count("gRPC (Open Inference Protocol v2) listening") == 2
+
+
+APPLICATION = {
+    "income": 61000.0,
+    "age": 45,
+    "loan_amount": 15000.0,
+    "term_months": 36,
+    "employment_status": "self_employed",
+    "purpose": "home_improvement",
+}
+
+
+def tensors(module: Any, overrides: dict[str, tuple[str, Any]]) -> list[Any]:
+    given: dict[str, tuple[str, Any]] = {
+        "income": ("FP32", np.array([[61000.0]], dtype=np.float32)),
+        "age": ("INT64", np.array([[45]], dtype=np.int64)),
+        "loan_amount": ("FP32", np.array([[15000.0]], dtype=np.float32)),
+        "term_months": ("INT64", np.array([[36]], dtype=np.int64)),
+        "employment_status": ("BYTES", np.array([[b"self_employed"]], dtype=np.object_)),
+        "purpose": ("BYTES", np.array([[b"home_improvement"]], dtype=np.object_)),
+    }
+    given.update(overrides)
+    out = []
+    for name, (datatype, array) in given.items():
+        if array is None:
+            continue
+        tensor = module.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        out.append(tensor)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "tensor", "fragment"),
+    [
+        ({"age": ("INT64", None)}, "age", "required input is missing"),
+        ({"age": ("FP32", np.array([[45.0]], dtype=np.float32))}, "age", "integer datatype"),
+        ({"age": ("INT64", np.array([[12]], dtype=np.int64))}, "age", "greater than or equal"),
+        ({"income": ("FP32", np.array([[np.nan]], dtype=np.float32))}, "income", "finite"),
+        ({"term_months": ("INT64", np.array([[13]], dtype=np.int64))}, "term_months", "12"),
+        ({"purpose": ("BYTES", np.array([[b"yacht"]], dtype=np.object_))}, "purpose", "car"),
+        (
+            {"age": ("INT64", np.array([[45, 46]], dtype=np.int64))},
+            "age",
+            "expected [N] or [N, 1]",
+        ),
+        (
+            {"age": ("INT64", np.array([[45], [46]], dtype=np.int64))},
+            "age",
+            "holds 2 objects",
+        ),
+        ({"colour": ("BYTES", np.array([[b"red"]], dtype=np.object_))}, "colour", "unknown input"),
+    ],
+)
+def test_bad_tensors_are_refused_by_name(
+    loans: Served, overrides: dict[str, tuple[str, Any]], tensor: str, fragment: str
+) -> None:
+    grpc = grpcclient.InferenceServerClient(loans.grpc)
+    with pytest.raises(InferenceServerException) as refused:
+        grpc.infer("loans", tensors(grpcclient, overrides))
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert tensor in refused.value.message()
+    assert fragment in refused.value.message()
+
+    http = httpclient.InferenceServerClient(loans.http)
+    with pytest.raises(InferenceServerException) as refused:
+        http.infer("loans", tensors(httpclient, overrides))
+    assert refused.value.status() == "400"
+    assert tensor in refused.value.message()
+    assert fragment in refused.value.message()
+    grpc.close()
+    http.close()
+
+    # and the server keeps serving
+    ok = httpx.post(f"{loans.data}/predict", json={"application": APPLICATION}, timeout=30)
+    assert ok.status_code == 200
+
+
+def test_unknown_models_and_malformed_bodies(loans: Served) -> None:
+    grpc = grpcclient.InferenceServerClient(loans.grpc)
+    calls: list[Callable[[], Any]] = [
+        lambda: grpc.infer("cars", tensors(grpcclient, {})),
+        lambda: grpc.infer("loans", tensors(grpcclient, {}), model_version="9"),
+        lambda: grpc.get_model_metadata("cars"),
+    ]
+    for call in calls:
+        with pytest.raises(InferenceServerException) as refused:
+            call()
+        assert refused.value.status() == "StatusCode.NOT_FOUND"
+    grpc.close()
+
+    infer = f"{loans.data}/v2/models/loans/infer"
+    assert httpx.get(f"{loans.data}/v2/models/cars").status_code == 404
+    assert httpx.post(f"{loans.data}/v2/models/cars/infer", json={"inputs": []}).status_code == 404
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"content": b"{not json"}, 400, "JSON"),
+        ({"json": {"inputs": []}}, 400, "inputs"),
+        ({"json": {"inputs": [{"name": "age", "datatype": "INT64"}]}}, 400, "shape"),
+        (
+            {"json": {"inputs": [{"name": "age", "datatype": "INT64", "shape": [1]}]}},
+            400,
+            "data",
+        ),
+        ({"content": b"x", "headers": {"content-type": "text/plain"}}, 415, "content-type"),
+        (
+            {"content": b"{}", "headers": {"inference-header-content-length": "99"}},
+            400,
+            "inference-header-content-length",
+        ),
+    ]
+    for request, status, fragment in cases:
+        answer = httpx.post(infer, **request)
+        assert answer.status_code == status, answer.text
+        assert fragment in answer.json()["error"]
+
+    objects_json = {
+        "inputs": [
+            {
+                "name": k,
+                "datatype": "BYTES" if isinstance(v, str) else "FP32",
+                "shape": [1, 1],
+                "data": [[v]],
+            }
+            for k, v in APPLICATION.items()
+            if k not in {"age", "term_months"}
+        ]
+        + [
+            {"name": "age", "datatype": "INT64", "shape": [1], "data": [45]},
+            {"name": "term_months", "datatype": "INT64", "shape": [1], "data": [36]},
+        ],
+        "outputs": [{"name": "decision"}],
+    }
+    answer = httpx.post(infer, json=objects_json)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-model-version"] == "1"
+    assert [o["name"] for o in answer.json()["outputs"]] == ["decision"]
+
+    metrics = httpx.get(f"{loans.base}/metrics").text
+    counted = metric_samples(metrics, "gateway_requests_total")
+    grpc_infer = '{endpoint="/inference.GRPCInferenceService/ModelInfer",status="400"}'
+    assert counted.get(grpc_infer, 0) >= 1
+    assert counted.get('{endpoint="/v2/models/{name}/infer",status="200"}', 0) >= 1
+
+
+@pytest.mark.parametrize("pipeline", ["loans", "reviews"])
+def test_a_short_headless_locust_run_of_each_user_class(
+    request: pytest.FixtureRequest, pipeline: str, tmp_path: Path
+) -> None:
+    """``loadtests/locustfile.py`` as documented, as its own process: every user class sends
+    requests and none fails."""
+    served: Served = request.getfixturevalue(pipeline)
+    args = [
+        str(VENV_BIN / "locust"),
+        "-f",
+        "loadtests/locustfile.py",
+        "--headless",
+        "--users",
+        "6",
+        "--spawn-rate",
+        "6",
+        "--run-time",
+        "6s",
+        "--host",
+        served.data,
+        "--grpc-host",
+        served.grpc,
+        "--pipeline",
+        pipeline,
+        "--shift",
+        "0.5",
+        "--csv",
+        str(tmp_path / "locust"),
+        "--only-summary",
+    ]
+    ran = subprocess.run(args, check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    with (tmp_path / "locust_stats.csv").open() as stats:
+        rows = {row["Name"]: row for row in csv.DictReader(stats)}
+    for name in ("/predict", "/v2/models/[name]/infer", "ModelInfer"):
+        assert int(rows[name]["Request Count"]) > 0, name
+    assert all(int(row["Failure Count"]) == 0 for row in rows.values()), rows
