@@ -66,10 +66,14 @@ class RetrainLoop:
         self.metrics.safely(lambda: self.metrics.drift_alerts.labels(model.name, source).inc())
         if not self.settings.retrain_on_alert:
             return {"alert": key, "accepted": True, "retrain": "disabled"}
-        return {"alert": key, "accepted": True, **await self.retrain(_trigger_id(key), model)}
+        started = await self.retrain(_trigger_id(key), model)
+        if started["retrain"] == "skipped":  # too few labels yet: a re-send may try again
+            await asyncio.to_thread(self.predictions.forget_alert, key)
+        return {"alert": key, "accepted": True, **started}
 
     async def alertmanager(self, payload: Any) -> dict[str, Any]:
-        """Alertmanager's webhook JSON: every firing alert, keyed by group and fingerprint."""
+        """Alertmanager's webhook JSON: every firing alert, keyed by group, fingerprint and the
+        time it started firing."""
         if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
             raise ValueError("expected Alertmanager's webhook JSON with a list under 'alerts'")
         group = str(payload.get("groupKey", ""))
@@ -83,7 +87,10 @@ class RetrainLoop:
                 continue
             labels = alert.get("labels", {})
             detail = {"group": group, "labels": labels, "startsAt": alert.get("startsAt")}
-            result = await self.alert(f"{group}|{fingerprint}", "alertmanager", detail)
+            # One firing episode of an alert: re-sends share startsAt, a new episode (after
+            # `resolved`) has a new one and may retrain again.
+            key = f"{group}|{fingerprint}|{alert.get('startsAt', '')}"
+            result = await self.alert(key, "alertmanager", detail)
             results.append({"fingerprint": fingerprint, **result})
         return {"alerts": results}
 

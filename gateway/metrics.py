@@ -237,6 +237,7 @@ class GatewayMetrics:
             self.drift_alerts.labels(model, source)
         for result in RETRAIN_RESULTS:
             self.retrains.labels(model, result)
+        self.retrain_running.labels(model)
         for result in ("recorded", "refused"):
             self.feedback.labels(result)
 

@@ -158,6 +158,11 @@ class PredictionLog:
             )
         return cursor.rowcount == 1
 
+    def forget_alert(self, key: str) -> None:
+        """Let alert ``key`` start the path again (its retrain could not even start)."""
+        with self._lock:
+            self._conn.execute("DELETE FROM alerts WHERE key = ?", (key,))
+
     def retrain_started(self, alert_id: str, model: str, pid: int, log_path: str) -> None:
         with self._lock:
             self._conn.execute(
