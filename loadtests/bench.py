@@ -11,6 +11,7 @@ other, not with another machine's.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +73,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class Started:
+    cold_start_s: float  # process start → ready
+    pid: int
+
+
 @contextmanager
-def running(server: Server, log: Path) -> Iterator[float]:
-    """Start ``server``; yield its cold start (process start → ready) in seconds."""
+def running(server: Server, log: Path) -> Iterator[Started]:
+    """Start ``server``; yield its cold start and its pid once it is ready."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **server.env}
     started = time.perf_counter()
     with log.open("wb") as out:
@@ -98,7 +105,7 @@ def running(server: Server, log: Path) -> Iterator[float]:
                 if time.perf_counter() - started > 180:
                     raise RuntimeError(f"{server.name} not ready after 180 s; see {log}")
                 time.sleep(0.05)
-            yield time.perf_counter() - started
+            yield Started(time.perf_counter() - started, proc.pid)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -229,6 +236,7 @@ def gateway_server(
         {
             "GATEWAY_TRACKING_URI": store,
             "GATEWAY_DATA_PORT": str(data),
+            "GATEWAY_GRPC_PORT": str(free_port()),
             "GATEWAY_SHARED_DEVICE": shared_device,
             "GATEWAY_LOG_PREDICTIONS": str(loop).lower(),
             "GATEWAY_DRIFT_INTERVAL_S": "5",
@@ -245,11 +253,22 @@ def gateway_server(
     )
 
 
+PARTS = ("servers", "protocols", "loop")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark the gateway against its baselines.")
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, os.cpu_count() or 1])
+    parser.add_argument(
+        "--parts",
+        nargs="*",
+        choices=PARTS,
+        default=list(PARTS),
+        help="servers: the three servers compared; protocols: HTTP, OIP and gRPC, and locust; "
+        "loop: alert to serving",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (make bench installs it with apt-get)")
@@ -264,18 +283,231 @@ def main() -> None:
         capture_output=True,
     )
     results: list[Result] = []
-    for workers in sorted(set(args.workers)):
+    for workers in sorted(set(args.workers)) if "servers" in args.parts else []:
         for server in servers(store, workers, work / "bentoml"):
             print(f"{server.name}, {workers} worker(s) …", flush=True)
-            with running(server, work / f"{server.name.replace(' ', '_')}-{workers}.log") as cold:
+            log = work / f"{server.name.replace(' ', '_')}-{workers}.log"
+            with running(server, log) as started:
                 wrk(server.predict, server.body, 3, args.connections)  # warm-up
                 ok, p50, p99, errors = wrk(
                     server.predict, server.body, args.seconds, args.connections
                 )
                 bulk = bulk_rate(server.bulk_path, server.bulk_body, 1000)
+            cold = started.cold_start_s
             results.append(Result(server.name, workers, ok, p50, p99, errors, cold, bulk))
-    report(results, args.connections, args.seconds)
-    alert_to_serving(store, work, max(args.workers))
+    if results:
+        report(results, args.connections, args.seconds)
+    if "protocols" in args.parts:
+        protocols(store, work, args.seconds, args.connections)
+    if "loop" in args.parts:
+        alert_to_serving(store, work, max(args.workers))
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and every process below it (the
+    workers, and the drift process in its own session)."""
+    stats: dict[int, tuple[int, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    below = {root}
+    grew = True
+    while grew:
+        found = {pid for pid, (ppid, _) in stats.items() if ppid in below} - below
+        below |= found
+        grew = bool(found)
+    return sum(stats[pid][1] for pid in below if pid in stats)
+
+
+def grpc_load(target: str, seconds: int, concurrency: int) -> tuple[float, float, float, int]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests.grpc_load",
+            target,
+            "--seconds",
+            str(seconds),
+            "--concurrency",
+            str(concurrency),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    return found["ok_per_s"], found["p50_ms"], found["p99_ms"], found["errors"]
+
+
+def oip_body(item: dict[str, object]) -> dict[str, object]:
+    from loadtests.grpc_load import LOANS
+
+    return {
+        "inputs": [
+            {"name": name, "datatype": LOANS[name][0], "shape": [1, 1], "data": [value]}
+            for name, value in item.items()
+        ]
+    }
+
+
+def protocols(store: str, work: Path, seconds: int, connections: int) -> None:
+    """One gateway worker (one core's worth) answering single objects over the business JSON
+    API, OIP JSON over HTTP and OIP over gRPC: throughput, latency and the server's CPU seconds,
+    so the protocols compare per core; then locust's figures for each of its user classes."""
+    server = gateway_server("gateway protocols", store, 1, work / "bentoml", [OBJECT])
+    # The prediction log stays on (each answer is logged, whatever the protocol); the drift
+    # monitor is off: its windows would land in one protocol's run and not another's.
+    server.env["GATEWAY_DRIFT_ENABLED"] = "false"
+    grpc_target = f"127.0.0.1:{server.env['GATEWAY_GRPC_PORT']}"
+    data = server.predict.rsplit("/", 1)[0]
+    infer = f"{data}/v2/models/loans/infer"
+    loads: dict[str, Callable[[int], tuple[float, float, float, int]]] = {
+        "business JSON, HTTP (wrk)": lambda s: wrk(server.predict, server.body, s, connections),
+        "OIP JSON, HTTP (wrk)": lambda s: wrk(infer, oip_body(OBJECT), s, connections),
+        "OIP, gRPC (grpc_load)": lambda s: grpc_load(grpc_target, s, connections),
+    }
+    print(f"\nprotocols: 1 worker, {connections} in flight, one object per call, {seconds} s each")
+    rows = []
+    with running(server, work / "gateway-protocols.log") as started:
+        for name, load in loads.items():
+            load(3)  # warm-up
+            cpu = tree_cpu_seconds(started.pid)
+            ok, p50, p99, errors = load(seconds)
+            cpu = tree_cpu_seconds(started.pid) - cpu
+            rows.append((name, ok, p50, p99, errors, ok * seconds / cpu))
+        figures = locust_figures(data, grpc_target, seconds, work)
+    header = (
+        f"{'protocol':<28}{'ok req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'req/CPU-s':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, ok, p50, p99, errors, per_cpu in rows:
+        print(f"{name:<28}{ok:>10.0f}{p50:>9.1f}{p99:>9.1f}{errors:>8}{per_cpu:>11.0f}")
+    by = {row[0].split(" (")[0]: row for row in rows}
+    grpc_row, http_row = by["OIP, gRPC"], by["business JSON, HTTP"]
+    print(
+        f"OIP gRPC / business JSON HTTP: {grpc_row[1] / http_row[1]:.2f}x req/s, "
+        f"{grpc_row[5] / http_row[5]:.2f}x per server CPU second (per core)"
+    )
+    print(f"\nlocust, same server, {seconds} s per user class, {connections} users, one process")
+    header = f"{'user class':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'failures':>10}"
+    print(header)
+    print("-" * len(header))
+    for name, (rate, p50, p99, failures) in figures.items():
+        print(f"{name:<28}{rate:>10.0f}{p50:>9.0f}{p99:>9.0f}{failures:>10}")
+    perf_analyzer(grpc_target, data, work)
+
+
+def locust_figures(
+    data: str, grpc_target: str, seconds: int, work: Path
+) -> dict[str, tuple[float, float, float, int]]:
+    """(req/s, p50 ms, p99 ms, failures) of a headless locust run of each user class."""
+    figures = {}
+    for user in ("BusinessJsonUser", "OipHttpUser", "OipGrpcUser"):
+        prefix = work / f"locust-{user}"
+        subprocess.run(
+            [
+                str(BIN / "locust"),
+                "-f",
+                "loadtests/locustfile.py",
+                "--headless",
+                "--users",
+                "64",
+                "--spawn-rate",
+                "64",
+                "--run-time",
+                f"{seconds}s",
+                "--host",
+                data,
+                "--grpc-host",
+                grpc_target,
+                "--pipeline",
+                "loans",
+                "--csv",
+                str(prefix),
+                "--only-summary",
+                user,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            check=False,  # a failed request makes locust exit 1; the table shows it
+        )
+        with Path(f"{prefix}_stats.csv").open() as stats:
+            total = next(r for r in csv.DictReader(stats) if r["Name"] == "Aggregated")
+        figures[user] = (
+            float(total["Requests/s"]),
+            float(total["50%"]),
+            float(total["99%"]),
+            int(total["Failure Count"]),
+        )
+    return figures
+
+
+def perf_analyzer(grpc_target: str, data: str, work: Path) -> None:
+    """Triton's perf_analyzer against both OIP endpoints, where its binary runs on this machine.
+
+    PyPI's ``perf-analyzer`` wheels carry a binary built for glibc 2.38; where it cannot run the
+    loader's reason is printed instead of figures."""
+    wheels = work / "perf-analyzer"
+    fetched = subprocess.run(
+        [
+            str(BIN / "pip"),
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--platform",
+            "manylinux_2_38_x86_64",
+            "perf-analyzer==2.60.0",
+            "-d",
+            str(wheels),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = list(wheels.glob("*.whl"))
+    if fetched.returncode != 0 or not found:
+        print(f"\nperf_analyzer: cannot fetch the wheel: {fetched.stderr.strip()[-300:]}")
+        return
+    shutil.unpack_archive(found[0], wheels / "unpacked", format="zip")
+    binary = wheels / "unpacked" / "perf_analyzer" / "bin" / "perf_analyzer"
+    binary.chmod(0o755)
+    probe = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        reason = probe.stderr.strip().splitlines()[0] if probe.stderr.strip() else probe.stdout
+        print(f"\nperf_analyzer cannot run on this machine: {reason}")
+        return
+    inputs = work / "perf-inputs.json"
+    inputs.write_text(json.dumps({"data": [{k: [v] for k, v in OBJECT.items()}]}))
+    for protocol, url in (("grpc", grpc_target), ("http", data.removeprefix("http://"))):
+        run = subprocess.run(
+            [
+                str(binary),
+                "-m",
+                "loans",
+                "-i",
+                protocol,
+                "-u",
+                url,
+                "--input-data",
+                str(inputs),
+                "--concurrency-range",
+                "16",
+                "--measurement-interval",
+                "5000",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        summary = [line for line in run.stdout.splitlines() if "Concurrency:" in line]
+        print(f"perf_analyzer ({protocol}): {summary or run.stderr.strip()[-300:]}")
 
 
 def alert_to_serving(store: str, work: Path, workers: int) -> None:
