@@ -12,17 +12,14 @@ latest labelled objects. Every failure here is logged and counted, never raised 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
-import multiprocessing
-import os
 import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from gateway.locks import release, try_lock
+from gateway.lowprio import LowPriorityProcess
 from gateway.metrics import GatewayMetrics
 from gateway.model import LoadedModel
 from gateway.predlog import PredictionLog, Row
@@ -38,17 +36,6 @@ from gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 PREDICTION_PREFIX = "prediction."
 Alert = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-def _lowest_priority() -> None:
-    """Run the drift process at the lowest CPU priority: under load, serving wins and the monitor
-    lags. Where the kernel shares the CPU between sessions first (autogroup) — and every Bento
-    worker is a session of its own — plain nice only ranks processes inside their session, so
-    the process also takes a session of its own and lowers that group's priority."""
-    os.nice(19)
-    with contextlib.suppress(OSError):
-        os.setsid()
-        Path("/proc/self/autogroup").write_text("19")
 
 
 def rows_frame(model: LoadedModel, rows: list[Row]) -> pd.DataFrame:
@@ -208,10 +195,7 @@ class DriftMonitor:
 
     def _pool(self) -> Executor:
         if self.executor is None:  # started on first use: the import costs seconds, once
-            context = multiprocessing.get_context("spawn")
-            self.executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=context, initializer=_lowest_priority
-            )
+            self.executor = LowPriorityProcess()
         return self.executor
 
     def _publish(

@@ -131,7 +131,9 @@ def wrk(
         check=True,
     ).stdout
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    duration = float(re.search(r"requests in ([\d.]+)s", out).group(1))  # type: ignore[union-attr]
+    took = re.search(r"requests in ([\d.]+)(ms|s|m|h)", out)
+    assert took is not None, out
+    duration = float(took.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[took.group(2)]
     non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     socket_errors = sum(int(g) for g in sock.groups()) if sock else 0
@@ -212,8 +214,6 @@ def servers(store: str, workers: int, home: Path) -> list[Server]:
         found.append(
             gateway_server("gateway shared device", store, workers, home, bulk, shared_device="on")
         )
-    if workers == max(1, os.cpu_count() or 1):  # the same without prediction log and monitor
-        found.append(gateway_server("gateway monitor off", store, workers, home, bulk, loop=False))
     return found
 
 
@@ -227,8 +227,8 @@ def gateway_server(
     shared_device: str = "off",
     loop: bool = True,
 ) -> Server:
-    """The gateway; with ``loop`` its prediction log and drift monitor run, the monitor checking
-    for a full window every 5 s so that it works during the measurement."""
+    """The gateway as configured by default; without ``loop``, no prediction log and no drift
+    monitor."""
     port, data = free_port(), free_port()
     return Server(
         name,
@@ -239,7 +239,6 @@ def gateway_server(
             "GATEWAY_GRPC_PORT": str(free_port()),
             "GATEWAY_SHARED_DEVICE": shared_device,
             "GATEWAY_LOG_PREDICTIONS": str(loop).lower(),
-            "GATEWAY_DRIFT_INTERVAL_S": "5",
             "GATEWAY_STATE_DIR": str(home.parent / f"state-{name.replace(' ', '-')}-{workers}"),
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "true",
@@ -253,7 +252,7 @@ def gateway_server(
     )
 
 
-PARTS = ("servers", "protocols", "loop")
+PARTS = ("servers", "protocols", "monitor", "loop")
 
 
 def main() -> None:
@@ -267,8 +266,10 @@ def main() -> None:
         choices=PARTS,
         default=list(PARTS),
         help="servers: the three servers compared; protocols: HTTP, OIP and gRPC, and locust; "
+        "monitor: the gateway with its prediction log and drift monitor on vs off; "
         "loop: alert to serving",
     )
+    parser.add_argument("--monitor-seconds", type=int, default=70)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (make bench installs it with apt-get)")
@@ -299,6 +300,8 @@ def main() -> None:
         report(results, args.connections, args.seconds)
     if "protocols" in args.parts:
         protocols(store, work, args.seconds, args.connections)
+    if "monitor" in args.parts:
+        monitor_cost(store, work, max(args.workers), args.monitor_seconds, args.connections)
     if "loop" in args.parts:
         alert_to_serving(store, work, max(args.workers))
 
@@ -510,6 +513,40 @@ def perf_analyzer(grpc_target: str, data: str, work: Path) -> None:
         print(f"perf_analyzer ({protocol}): {summary or run.stderr.strip()[-300:]}")
 
 
+def monitor_cost(store: str, work: Path, workers: int, seconds: int, connections: int) -> None:
+    """The gateway as configured by default (prediction log on, a drift window every 30 s) vs
+    with neither, one worker per core, alternating on, off, on, off so that drift in the
+    machine's speed falls on both. Each run lasts ``seconds`` so that windows are evaluated
+    during it (the monitor imports Evidently in its own process when it starts)."""
+    print(f"\nmonitor on vs off: {workers} worker(s), {connections} connections, {seconds} s each")
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for loop in (True, False, True, False):
+        name = "gateway" if loop else "gateway monitor off"
+        server = gateway_server(name, store, workers, work / "bentoml", [OBJECT], loop=loop)
+        with running(server, work / f"monitor-{name.replace(' ', '-')}.log"):
+            wrk(server.predict, server.body, 3, connections)  # warm-up
+            ok, p50, p99, errors = wrk(server.predict, server.body, seconds, connections)
+            windows = drift_windows(server.predict.rsplit("/", 1)[0]) if loop else 0
+        rates[loop].append(ok)
+        print(
+            f"{name:<22}{ok:>8.0f} req/s  p50 {p50:5.1f} ms  p99 {p99:6.1f} ms  errors {errors}"
+            + (f"  drift windows evaluated {windows}" if loop else "")
+        )
+    on, off = sum(rates[True]) / 2, sum(rates[False]) / 2
+    print(f"monitor on / monitor off = {on / off:.2f}x (means of two runs each)")
+
+
+def drift_windows(base: str) -> int:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("gateway_drift_windows_total{")
+        )
+    )
+
+
 def alert_to_serving(store: str, work: Path, workers: int) -> None:
     """An Alertmanager alert → retrain on a drifted labelled snapshot → promotion → every answer
     from the new version; prints the time to promotion (retrain) and from there to serving."""
@@ -580,10 +617,6 @@ def report(results: list[Result], connections: int, seconds: int) -> None:
             f"{g.ok_per_s / by['mlflow models serve'].ok_per_s:.1f}x, "
             f"gateway / plain BentoML = {g.ok_per_s / by['plain BentoML'].ok_per_s:.1f}x"
         )
-        if (off := by.get("gateway monitor off")) is not None:
-            print(
-                f"{workers} worker(s): monitor on / monitor off = {g.ok_per_s / off.ok_per_s:.2f}x"
-            )
         if (shared := by.get("gateway shared device")) is not None:
             print(
                 f"{workers} worker(s): shared device / per-worker device = "
