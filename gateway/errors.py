@@ -71,3 +71,9 @@ class NotFound(GatewayError):
     """A model or version this server does not serve (gRPC: ``NOT_FOUND``)."""
 
     status_code = 404
+
+
+class NotImplementedHere(GatewayError):
+    """The served pipeline cannot be offered this way (gRPC: ``UNIMPLEMENTED``)."""
+
+    status_code = 501

@@ -208,23 +208,23 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         for path, extra in describe(core.served.model).items():
             docs[path].update(extra)
         settings = core.settings
-        plane = grpc = None
+        plane = rpc = None
         try:
             if settings.data_port:
-                routes = [Route(p, h, methods=[m]) for (p, m), h in handlers.items()]
-                plane = DataPlane(Starlette(routes=routes), settings.data_host, settings.data_port)
+                lean = [Route(p, h, methods=[m]) for (p, m), h in handlers.items()]
+                plane = DataPlane(Starlette(routes=lean), settings.data_host, settings.data_port)
                 await plane.start()
             if settings.grpc_port:
                 from gateway.oip.grpc_server import GrpcServer  # grpc: only where it serves
 
-                grpc = GrpcServer(
+                rpc = GrpcServer(
                     Oip(get_core), settings.data_host, settings.grpc_port, settings.max_body_bytes
                 )
-                await grpc.start()
+                await rpc.start()
             yield
         finally:
-            if grpc is not None:
-                await grpc.stop()
+            if rpc is not None:
+                await rpc.stop()
             if plane is not None:
                 await plane.stop()
             await core.stop()

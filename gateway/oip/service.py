@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway.core import Answered, GatewayCore
-from gateway.errors import NotFound
+from gateway.errors import NotFound, NotImplementedHere
 from gateway.model import LoadedModel
 from gateway.oip.tensors import CONFIG_TYPES, Signature, Tensor, TensorSpec
 
@@ -39,7 +39,12 @@ def signature(input_model: type[BaseModel], output_model: type[BaseModel]) -> Si
 
 
 def signature_of(model: LoadedModel) -> Signature:
-    return signature(model.input_model, model.output_model)
+    try:
+        return signature(model.input_model, model.output_model)
+    except TypeError as exc:  # a field no tensor datatype expresses (a nested object, a list)
+        raise NotImplementedHere(
+            f"{model.name} has no Open Inference Protocol mapping: {exc}"
+        ) from exc
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import FAST_LOANS, TINY_REVIEWS, train_ok
 from tests.helpers import REPO, VENV_BIN, free_port, metric_samples, serve_gateway
+from tests.integration.test_serving import APPLICATION
 from trainers import pipelines
 
 NUMPY = {"FP32": np.float32, "INT64": np.int64, "BOOL": np.bool_}
@@ -227,16 +228,6 @@ def test_metadata_config_and_health(loans: Served) -> None:
     http.close()
     # several workers share the gRPC port: every one of them bound it
     assert loans.log.read_text().count("gRPC (Open Inference Protocol v2) listening") == 2
-
-
-APPLICATION = {
-    "income": 61000.0,
-    "age": 45,
-    "loan_amount": 15000.0,
-    "term_months": 36,
-    "employment_status": "self_employed",
-    "purpose": "home_improvement",
-}
 
 
 def tensors(module: Any, overrides: dict[str, tuple[str, Any]]) -> list[Any]:

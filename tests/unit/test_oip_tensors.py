@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from pydantic import BaseModel
 
 from gateway.errors import InvalidTensor
 from gateway.oip.proto import stale
@@ -120,3 +121,11 @@ def test_wire_formats_round_trip() -> None:
         from_buffer("w", "BYTES", [1], to_buffer("BYTES", ["abc"])[:-1])
     assert flatten("x", [[1, 2], [3, [4]]]) == [1, 2, 3, 4]
     assert flatten("x", [1, 2]) == [1, 2]
+
+
+def test_a_field_without_a_tensor_datatype_is_named() -> None:
+    class Basket(BaseModel):
+        items: list[str]
+
+    with pytest.raises(TypeError, match=r"Basket\.items"):
+        Signature.of(Basket, LoanDecision)
