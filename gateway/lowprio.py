@@ -3,10 +3,10 @@
 The drift computation imports Evidently (seconds of CPU) and holds the GIL while it computes, so
 it runs in a process of its own. ``ProcessPoolExecutor`` with ``spawn`` would start that process
 by re-importing the Bento worker's main module (BentoML, the service, torch, MLflow) at normal
-priority before any initializer can lower it: measured under load, that start alone cost the
-serving workers about 14 % of their throughput and doubled their p99. This process starts as
-``python -m gateway.lowprio``, lowers its priority before it imports anything, and only then
-loads what each call needs.
+priority, before any initializer can lower it. This process starts as ``python -m
+gateway.lowprio``, lowers its priority before it imports anything, and only then loads what each
+call needs. (Measured under load, the monitor still costs the workers about 12 % of their
+throughput while this process imports Evidently; with the spawn pool it was about 14 %.)
 
 Calls go one at a time over the child's stdin/stdout as length-prefixed pickles (functions by
 reference, so they must be importable module-level functions). A child that dies fails the call
@@ -84,6 +84,10 @@ class LowPriorityProcess(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._closed = True
+        if cancel_futures:  # calls not started yet end cancelled, not forgotten
+            with contextlib.suppress(queue.Empty):
+                while (call := self._calls.get_nowait()) is not None:
+                    call[0].cancel()
         self._calls.put(None)
         if wait:
             self._thread.join(timeout=10)

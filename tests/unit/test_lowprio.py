@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -44,3 +46,13 @@ def test_shutdown_ends_the_process() -> None:
         os.kill(pid, 0)
     with pytest.raises(RuntimeError, match="after shutdown"):
         pool.submit(os.getpid)
+
+
+def test_shutdown_cancels_calls_not_started() -> None:
+    pool = LowPriorityProcess()
+    running = pool.submit(time.sleep, 1)
+    waiting = pool.submit(os.getpid)  # queued behind the sleep
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert waiting.cancelled()
+    with contextlib.suppress(Exception):  # the sleep itself may end cancelled or killed
+        running.result(timeout=30)
