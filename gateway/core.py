@@ -8,7 +8,6 @@ import gc
 import json
 import logging
 import math
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ from gateway.loop import RetrainLoop
 from gateway.metrics import GatewayMetrics, outcome_field
 from gateway.model import LoadedModel
 from gateway.monitor import DriftMonitor
-from gateway.predlog import Logged, PredictionLog
+from gateway.predlog import Logged, PredictionLog, request_ids
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -213,7 +212,7 @@ class GatewayCore:
         self, model: LoadedModel, items: list[BaseModel], answers: list[BaseModel]
     ) -> list[str]:
         """Request ids for the answers, which go to the prediction log (never blocking)."""
-        ids = [uuid.uuid4().hex for _ in items]
+        ids = request_ids(len(items))
         if self.predictions is not None:
             self.predictions.offer(
                 [

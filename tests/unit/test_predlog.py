@@ -1,0 +1,139 @@
+"""The prediction log: request ids, and what one flush writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel
+
+from gateway.metrics import GatewayMetrics
+from gateway.predlog import Logged, PredictionLog, request_ids
+
+
+class Review(BaseModel):
+    text: str
+    stars: int | None = None
+
+
+class Verdict(BaseModel):
+    sentiment: Literal["positive", "negative"]
+    confidence: float
+
+
+@pytest.fixture
+def metrics() -> GatewayMetrics:
+    return GatewayMetrics()
+
+
+@pytest.fixture
+def predictions(tmp_path: Path, metrics: GatewayMetrics) -> Iterator[PredictionLog]:
+    found = PredictionLog(tmp_path / "predictions.db", capacity=100, metrics=metrics)
+    yield found
+    found.close()
+
+
+def counted(metrics: GatewayMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_request_ids_are_unique_hex_and_grow_with_time() -> None:
+    first = request_ids(1_000)
+    later = request_ids(1_000)
+    both = first + later
+    assert len(set(both)) == len(both)
+    assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in both)
+    assert max(first) < min(later)  # appended at the end of the log's primary key
+
+
+def test_a_forked_worker_draws_ids_of_its_own() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write its ids and leave without running pytest's exit
+        os.write(write, json.dumps(request_ids(100)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = json.loads(pipe.read())
+    mine = request_ids(100)
+    assert {rid[13:23] for rid in child}.isdisjoint({rid[13:23] for rid in mine})
+    assert set(child).isdisjoint(mine)
+
+
+def test_a_flush_writes_each_object_with_its_version(
+    predictions: PredictionLog, metrics: GatewayMetrics
+) -> None:
+    items = [Review(text='Très bon ☃ "quoted" \\ line\nbreak', stars=5), Review(text="meh")]
+    answers = [
+        Verdict(sentiment="positive", confidence=0.9),
+        Verdict(sentiment="negative", confidence=0.25),
+    ]
+    ids = request_ids(3)
+    predictions.offer(
+        [
+            Logged(ids[0], "reviews", "1", items[0], answers[0]),
+            Logged(ids[1], "reviews", "2", items[1], answers[1]),  # answered after a swap
+            Logged(ids[2], "reviews", "2", items[0], answers[1]),
+        ]
+    )
+    predictions.flush()
+    with sqlite3.connect(predictions.path) as conn:
+        rows = conn.execute(
+            "SELECT request_id, model, version, input, output FROM predictions ORDER BY rowid"
+        ).fetchall()
+    assert [(rid, model, version) for rid, model, version, _, _ in rows] == [
+        (ids[0], "reviews", "1"),
+        (ids[1], "reviews", "2"),
+        (ids[2], "reviews", "2"),
+    ]
+    assert [Review.model_validate_json(row[3]) for row in rows] == [items[0], items[1], items[0]]
+    assert [Verdict.model_validate_json(row[4]) for row in rows] == [
+        answers[0],
+        answers[1],
+        answers[1],
+    ]
+    window = predictions.window("reviews", "2", after=0, size=2)
+    assert [row.request_id for row in window] == ids[1:]
+    assert window[0].input == {"text": "meh", "stars": None}
+    assert counted(metrics, "gateway_monitor_samples_dropped_total") == 0
+
+
+def test_a_full_buffer_drops_and_counts(
+    predictions: PredictionLog, metrics: GatewayMetrics
+) -> None:
+    entries = [
+        Logged(rid, "reviews", "1", Review(text="x"), Verdict(sentiment="positive", confidence=1))
+        for rid in request_ids(150)
+    ]
+    predictions.offer(entries)  # capacity 100
+    assert counted(metrics, "gateway_monitor_samples_dropped_total") == 50
+    predictions.flush()
+    with sqlite3.connect(predictions.path) as conn:
+        assert conn.execute("SELECT count(*) FROM predictions").fetchone() == (100,)
+
+
+def test_a_failed_write_is_counted_and_the_log_goes_on(
+    predictions: PredictionLog, metrics: GatewayMetrics
+) -> None:
+    (rid,) = request_ids(1)
+    answer = Verdict(sentiment="positive", confidence=1)
+    with sqlite3.connect(predictions.path) as conn:  # a table the log's insert does not fit
+        conn.execute("ALTER TABLE predictions RENAME TO kept")
+        conn.execute("CREATE TABLE predictions (request_id TEXT)")
+    predictions.offer([Logged(rid, "reviews", "1", Review(text="x"), answer)])
+    predictions.flush()
+    assert counted(metrics, "gateway_monitor_errors_total", stage="log") == 1
+    assert counted(metrics, "gateway_monitor_samples_dropped_total") == 1
+    with sqlite3.connect(predictions.path) as conn:
+        conn.execute("DROP TABLE predictions")
+        conn.execute("ALTER TABLE kept RENAME TO predictions")
+    (rid,) = request_ids(1)
+    predictions.offer([Logged(rid, "reviews", "1", Review(text="y"), answer)])
+    predictions.flush()
+    assert [row.request_id for row in predictions.window("reviews", "1", 0, 1)] == [rid]
