@@ -56,6 +56,7 @@ class _Watched:
     after: int = 0  # the last prediction-log row already evaluated
     drifted_in_a_row: int = 0
     windows: int = 0
+    rendered_at: float = 0.0  # when the last HTML report was rendered (monotonic)
 
 
 class DriftMonitor:
@@ -78,6 +79,8 @@ class DriftMonitor:
         self.reports = settings.state_dir / "reports"
         self.compare = compare
         """The drift computation (default: ``trainers.drift.compare``)."""
+        self.render: Callable[..., Any] | None = None
+        """The HTML report of a window (``trainers.drift.render``)."""
         self.executor = executor
         """Where it runs (default: a separate process, started on first use)."""
         self._lock_fd: int | None = None
@@ -143,10 +146,19 @@ class DriftMonitor:
         current = await asyncio.to_thread(self._drift_frame, model, rows_frame(model, rows))
         watched.windows += 1
         name = f"{model.name}-v{model.version}-{watched.windows:05d}"
-        html = self.reports / f"{name}.html"
-        result = await asyncio.get_running_loop().run_in_executor(
-            self._pool(), self._compare_fn(), watched.reference, current, self._options(), html
+        loop = asyncio.get_running_loop()
+        options = self._options()
+        result = await loop.run_in_executor(
+            self._pool(), self._compare_fn(), watched.reference, current, options, None
         )
+        html: Path | None = None
+        due = time.monotonic() - watched.rendered_at >= self.settings.drift_report_interval_s
+        if watched.windows == 1 or result.detected or due:
+            html = self.reports / f"{name}.html"
+            await loop.run_in_executor(
+                self._pool(), self._render_fn(), watched.reference, current, options, html
+            )
+            watched.rendered_at = time.monotonic()
         self._publish(model, watched, result, html, name)
         watched.drifted_in_a_row = watched.drifted_in_a_row + 1 if result.detected else 0
         if watched.drifted_in_a_row >= self.settings.drift_alert_windows:
@@ -193,13 +205,20 @@ class DriftMonitor:
             self.compare = compare
         return self.compare
 
+    def _render_fn(self) -> Callable[..., Any]:
+        if self.render is None:
+            from trainers.drift import render
+
+            self.render = render
+        return self.render
+
     def _pool(self) -> Executor:
         if self.executor is None:  # started on first use: the import costs seconds, once
             self.executor = LowPriorityProcess()
         return self.executor
 
     def _publish(
-        self, model: LoadedModel, watched: _Watched, result: Any, html: Path, name: str
+        self, model: LoadedModel, watched: _Watched, result: Any, html: Path | None, name: str
     ) -> None:
         m = self.metrics
         m.safely(lambda: m.drift_share.labels(model.name, model.version).set(result.share))
@@ -217,13 +236,15 @@ class DriftMonitor:
                 "run_id": model.run_id,
                 "window": name,
                 "evaluated_at": time.time(),
-                "report": f"{name}.html",
+                "report": html.name if html is not None else None,
                 **result.to_json(),
             }
+            self.reports.mkdir(parents=True, exist_ok=True)
             (self.reports / f"{name}.json").write_text(json.dumps(summary, indent=1))
-            shutil.copyfile(html, self.reports / "latest.html")
+            if html is not None:
+                shutil.copyfile(html, self.reports / "latest.html")
+                self._log_to_mlflow(model, html, result.detected or watched.windows == 1)
             (self.reports / "latest.json").write_text(json.dumps(summary, indent=1))
-            self._log_to_mlflow(model, html, result.detected or watched.windows == 1)
         except Exception:
             log.exception("could not keep the drift report %s", html)
             m.safely(lambda: m.monitor_errors.labels("report").inc())

@@ -108,6 +108,10 @@ class GatewaySettings(BaseSettings):
     drift_alert_windows: int = Field(default=3, ge=1)
     """K: consecutive drifted windows that raise an alert."""
 
+    drift_report_interval_s: float = Field(default=300.0, ge=0)
+    """The HTML report is rendered for a version's first window and every drifted one, and
+    otherwise at most this often (0: every window). Every window gets its gauges and JSON."""
+
     quality_window: int = Field(default=500, ge=10)
     """Latest labelled objects the live quality gauge is computed over."""
 

@@ -6,7 +6,9 @@ Evidently's automatic choice switches from p-values to distances above 1,000 ref
 window would be judged differently as the reference grows. A column is categorical when it holds
 strings or booleans or at most ``CATEGORICAL_MAX_VALUES`` distinct values in the reference.
 
-Public API: the CLI's ``trainers drift`` and the serving gateway's monitor both call it.
+Public API: the CLI's ``trainers drift`` and the serving gateway's monitor both call it. The
+module imports only pandas at load time: the monitor's drift process imports it, and MLflow and
+torch would add seconds of CPU there for nothing.
 """
 
 from __future__ import annotations
@@ -14,17 +16,17 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 import pandas as pd
-from mlflow import MlflowClient
 
-from trainers import lineage
-from trainers.contract import Pipeline, Predictor
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from trainers.contract import Pipeline, Predictor
 
 PREDICTION_PREFIX = "prediction."
-REFERENCE_SAMPLE = lineage.REFERENCE_SAMPLE  # logged with every model by training
+REFERENCE_SAMPLE = "drift/reference.parquet"  # logged with every model by training
 CATEGORICAL_MAX_VALUES = 5
 
 
@@ -95,63 +97,32 @@ def compare(
     options: DriftOptions | None = None,
     html: Path | None = None,
 ) -> DriftResult:
-    """Compare ``current`` with ``reference`` column by column; write the HTML report to
-    ``html`` when given."""
-    from evidently import DataDefinition, Dataset, Report
+    """Compare ``current`` with ``reference`` column by column with Evidently's pinned stat
+    tests; with ``html``, also write Evidently's report of the same tests there. (The report
+    costs about fifteen times the tests: the monitor asks for it only now and then.)"""
     from evidently.legacy.calculations.stattests.registry import get_stattest
-    from evidently.metrics import DriftedColumnsCount, ValueDrift
 
     options = options or DriftOptions()
-    kinds = column_kinds(reference)
-    columns = list(kinds)
-    reference, current = _aligned(reference, kinds), _aligned(current[columns], kinds)
-    definition = DataDefinition(
-        numerical_columns=[c for c in columns if kinds[c] == "num"],
-        categorical_columns=[c for c in columns if kinds[c] == "cat"],
-    )
+    reference, current, kinds = _prepared(reference, current)
     method = {"num": options.num_method, "cat": options.cat_method}
-    report = Report(
-        [
-            DriftedColumnsCount(
-                columns=columns,
-                num_method=options.num_method,
-                cat_method=options.cat_method,
-                drift_share=options.drift_share,
-            ),
-            *(
-                ValueDrift(column=c, method=method[kinds[c]], threshold=options.threshold)
-                for c in columns
-            ),
-        ]
-    )
-    snapshot = report.run(
-        Dataset.from_pandas(current, data_definition=definition),
-        Dataset.from_pandas(reference, data_definition=definition),
-    )
-    if html is not None:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.save_html(str(html))
-    results = {m["config"].get("column"): m for m in snapshot.dict()["metrics"]}
     found = []
-    for column in columns:
-        kind = kinds[column]
-        feature_type = "num" if kind == "num" else "cat"
+    for column, kind in kinds.items():
         ref, cur = reference[column].dropna(), current[column].dropna()
-        # The verdict of the same pinned test the report ran (its direction — p-value or
-        # distance — is the test's own business).
-        test = get_stattest(ref, cur, feature_type, method[kind])
-        verdict = test(ref, cur, feature_type, options.threshold)
-        score = float(results[column]["value"])
+        test = get_stattest(ref, cur, kind, method[kind])
+        verdict = test(ref, cur, kind, options.threshold)
         found.append(
             ColumnDrift(
                 column,
                 kind,
                 method[kind],
-                score,
+                float(verdict.drift_score),
                 float(verdict.actual_threshold),
                 bool(verdict.drifted),
             )
         )
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        report(reference, current, options, kinds).save_html(str(html))
     drifted = sum(c.drifted for c in found)
     share = drifted / len(found) if found else 0.0
     return DriftResult(
@@ -161,6 +132,74 @@ def compare(
         len(current),
         len(reference),
     )
+
+
+def render(
+    reference: pd.DataFrame, current: pd.DataFrame, options: DriftOptions, html: Path
+) -> Path:
+    """Only the HTML report of ``compare`` (for a window whose verdicts are known)."""
+    reference, current, kinds = _prepared(reference, current)
+    html.parent.mkdir(parents=True, exist_ok=True)
+    report(reference, current, options, kinds).save_html(str(html))
+    return html
+
+
+def report(
+    reference: pd.DataFrame, current: pd.DataFrame, options: DriftOptions, kinds: dict[str, str]
+) -> Any:
+    """Evidently's report (a snapshot) of prepared frames: ``DriftedColumnsCount`` and one
+    ``ValueDrift`` per column, each with the pinned test of its kind."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import DriftedColumnsCount, ValueDrift
+
+    columns = list(kinds)
+    method = {"num": options.num_method, "cat": options.cat_method}
+    definition = DataDefinition(
+        numerical_columns=[c for c in columns if kinds[c] == "num"],
+        categorical_columns=[c for c in columns if kinds[c] == "cat"],
+    )
+    metrics = [
+        DriftedColumnsCount(
+            columns=columns,
+            num_method=options.num_method,
+            cat_method=options.cat_method,
+            drift_share=options.drift_share,
+        ),
+        *(
+            ValueDrift(column=c, method=method[kinds[c]], threshold=options.threshold)
+            for c in columns
+        ),
+    ]
+    return Report(metrics).run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
+    )
+
+
+def _prepared(
+    reference: pd.DataFrame, current: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    """The frames as the tests take them, and each column's kind (``num`` or ``cat``)."""
+    reference, current = _testable(reference, current[list(reference.columns)])
+    kinds = column_kinds(reference)
+    return _aligned(reference, kinds), _aligned(current, kinds), kinds
+
+
+def _testable(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """No test compares a column that holds no value on one side (a window where an optional
+    field never arrives): its missingness is compared instead, as ``<column>.missing``
+    (``present``/``missing``, a categorical column). A column empty on both sides is left out."""
+    reference, current = reference.copy(), current.copy()
+    for column in list(reference.columns):
+        empty_ref, empty_cur = reference[column].isna().all(), current[column].isna().all()
+        if empty_ref and empty_cur:
+            reference, current = reference.drop(columns=column), current.drop(columns=column)
+        elif empty_ref or empty_cur:
+            at = list(reference.columns).index(column)
+            for frame in (reference, current):
+                missing = frame.pop(column).isna().map({True: "missing", False: "present"})
+                frame.insert(at, f"{column}.missing", missing)
+    return reference, current
 
 
 def _aligned(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
@@ -178,7 +217,9 @@ def compare_snapshot(
     client: MlflowClient, run_id: str, data: Path, options: DriftOptions, html: Path
 ) -> DriftResult:
     """``trainers drift``: a snapshot (answered by the run's model) against the run's reference."""
-    from trainers import pipelines
+    import mlflow
+
+    from trainers import lineage, pipelines
     from trainers.packaging import unwrap
     from trainers.snapshots import read_snapshot
 

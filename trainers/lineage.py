@@ -39,7 +39,6 @@ MODEL_URI = "lineage.model_uri"
 
 ENVIRONMENT_ARTIFACT = "lineage/environment.json"
 ARTIFACT_HASHES = "lineage/artifact_sha256.json"
-REFERENCE_SAMPLE = "drift/reference.parquet"
 KEY_PACKAGES = ("torch", "mlflow", "pandas", "numpy", "pydantic", "safetensors", "lineage-gateway")
 
 
