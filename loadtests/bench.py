@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +108,7 @@ def running(server: Server, log: Path) -> Iterator[Started]:
             yield Started(time.perf_counter() - started, proc.pid)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGCONT)  # in case it was paused
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -116,14 +117,25 @@ def running(server: Server, log: Path) -> Iterator[Started]:
 
 
 def wrk(
-    url: str, body: dict[str, object], seconds: int, connections: int
+    url: str,
+    body: dict[str, object] | list[dict[str, object]],
+    seconds: int,
+    connections: int,
 ) -> tuple[float, float, float, int]:
-    """(ok req/s, p50 ms, p99 ms, errors) from a wrk run posting ``body``."""
+    """(ok req/s, p50 ms, p99 ms, errors) from a wrk run posting ``body`` (a list: each in
+    turn)."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(json.dumps(body))}\n"
-    )
+    lua = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+    if isinstance(body, dict):
+        lua += f"wrk.body = {json.dumps(json.dumps(body))}\n"
+    else:
+        bodies = ", ".join(json.dumps(json.dumps(b)) for b in body)
+        lua += (
+            f"bodies = {{{bodies}}}\nnext_body = 0\n"
+            "request = function()\n  next_body = next_body % #bodies + 1\n"
+            "  return wrk.format(nil, nil, nil, bodies[next_body])\nend\n"
+        )
+    script.write_text(lua)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
@@ -269,7 +281,8 @@ def main() -> None:
         "monitor: the gateway with its prediction log and drift monitor on vs off; "
         "loop: alert to serving",
     )
-    parser.add_argument("--monitor-seconds", type=int, default=70)
+    parser.add_argument("--monitor-seconds", type=int, default=20)
+    parser.add_argument("--monitor-rounds", type=int, default=6)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (make bench installs it with apt-get)")
@@ -301,14 +314,20 @@ def main() -> None:
     if "protocols" in args.parts:
         protocols(store, work, args.seconds, args.connections)
     if "monitor" in args.parts:
-        monitor_cost(store, work, max(args.workers), args.monitor_seconds, args.connections)
+        monitor_cost(
+            store,
+            work,
+            max(args.workers),
+            args.monitor_seconds,
+            args.connections,
+            rounds=args.monitor_rounds,
+        )
     if "loop" in args.parts:
         alert_to_serving(store, work, max(args.workers))
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) used so far by ``root`` and every process below it (the
-    workers, and the drift process in its own session)."""
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """pid → (parent pid, CPU seconds used so far: user + system)."""
     stats: dict[int, tuple[int, float]] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -317,13 +336,26 @@ def tree_cpu_seconds(root: int) -> float:
         except OSError:
             continue
         stats[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return stats
+
+
+def tree_pids(root: int, stats: dict[int, tuple[int, float]] | None = None) -> set[int]:
+    """``root`` and every process below it (the workers, and the drift process in its own
+    session)."""
+    stats = _proc_stats() if stats is None else stats
     below = {root}
     grew = True
     while grew:
         found = {pid for pid, (ppid, _) in stats.items() if ppid in below} - below
         below |= found
         grew = bool(found)
-    return sum(stats[pid][1] for pid in below if pid in stats)
+    return below & set(stats)
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by ``root`` and every process below it."""
+    stats = _proc_stats()
+    return sum(stats[pid][1] for pid in tree_pids(root, stats))
 
 
 def grpc_load(target: str, seconds: int, concurrency: int) -> tuple[float, float, float, int]:
@@ -513,27 +545,127 @@ def perf_analyzer(grpc_target: str, data: str, work: Path) -> None:
         print(f"perf_analyzer ({protocol}): {summary or run.stderr.strip()[-300:]}")
 
 
-def monitor_cost(store: str, work: Path, workers: int, seconds: int, connections: int) -> None:
+def monitor_cost(
+    store: str, work: Path, workers: int, seconds: int, connections: int, *, rounds: int
+) -> None:
     """The gateway as configured by default (prediction log on, a drift window every 30 s) vs
-    with neither, one worker per core, alternating on, off, on, off so that drift in the
-    machine's speed falls on both. Each run lasts ``seconds`` so that windows are evaluated
-    during it (the monitor imports Evidently in its own process when it starts)."""
-    print(f"\nmonitor on vs off: {workers} worker(s), {connections} connections, {seconds} s each")
-    rates: dict[bool, list[float]] = {True: [], False: []}
-    for loop in (True, False, True, False):
-        name = "gateway" if loop else "gateway monitor off"
-        server = gateway_server(name, store, workers, work / "bentoml", [OBJECT], loop=loop)
-        with running(server, work / f"monitor-{name.replace(' ', '-')}.log"):
-            wrk(server.predict, server.body, 3, connections)  # warm-up
-            ok, p50, p99, errors = wrk(server.predict, server.body, seconds, connections)
-            windows = drift_windows(server.predict.rsplit("/", 1)[0]) if loop else 0
-        rates[loop].append(ok)
+    with neither, in steady state: both servers run side by side, and the monitor's drift process
+    has imported Evidently and evaluated a first window (under light load) before measuring
+    starts. Then ``rounds`` rounds, each loading one server and then the other (the order
+    alternating) while the server not under load is paused (SIGSTOP on its whole process tree,
+    drift process included) so that it takes no CPU from the one measured."""
+    print(
+        f"\nmonitor on vs off: {workers} worker(s), {connections} connections, {rounds} rounds "
+        f"of {seconds} s each"
+    )
+    from trainers.pipelines import get
+
+    loans = get("loans")
+    applications = [  # in-distribution traffic: no window should drift, no alert retrain
+        {"application": item.model_dump(mode="json")}
+        for item in loans.inputs_from_frame(loans.generate(500, 0.0, 7))
+    ]
+    # Side by side, each needs a BentoML home of its own (its metrics directory included).
+    on = gateway_server("gateway", store, workers, work / "bentoml-on", [OBJECT])
+    off = gateway_server(
+        "gateway monitor off", store, workers, work / "bentoml-off", [OBJECT], loop=False
+    )
+    with (
+        running(on, work / "monitor-on.log") as started_on,
+        running(off, work / "monitor-off.log") as started_off,
+    ):
+        roots = {True: started_on.pid, False: started_off.pid}
+        base = on.predict.rsplit("/", 1)[0]
+        warm_started = time.perf_counter()
+        pause(roots[False])
+        while drift_windows(base) < 1:  # the drift process starts, imports, evaluates
+            if time.perf_counter() - warm_started > 300:
+                raise RuntimeError("the monitor evaluated no window in 300 s of light load")
+            wrk(on.predict, applications, 5, 4)
         print(
-            f"{name:<22}{ok:>8.0f} req/s  p50 {p50:5.1f} ms  p99 {p99:6.1f} ms  errors {errors}"
-            + (f"  drift windows evaluated {windows}" if loop else "")
+            f"warm-up: first drift window after {time.perf_counter() - warm_started:.0f} s of "
+            f"light load; the drift process had used {drift_process_cpu(roots[True]):.1f} CPU-s"
         )
-    on, off = sum(rates[True]) / 2, sum(rates[False]) / 2
-    print(f"monitor on / monitor off = {on / off:.2f}x (means of two runs each)")
+        windows_before = drift_windows(base)
+        try:
+            rates = measure_rounds(
+                {True: (on, roots[True]), False: (off, roots[False])},
+                applications,
+                seconds,
+                connections,
+                rounds,
+            )
+        finally:
+            resume(roots[True])
+            resume(roots[False])
+        windows = drift_windows(base) - windows_before
+        drift_cpu = drift_process_cpu(roots[True])
+    for label, at in (("req/s", 0), ("req per server CPU-s", 1)):
+        ratios = [a[at] / b[at] for a, b in zip(rates[True], rates[False], strict=True)]
+        mean = sum(a[at] for a in rates[True]) / sum(b[at] for b in rates[False])
+        print(
+            f"monitor on / monitor off, {label}: {mean:.3f}x over {rounds} rounds "
+            f"(rounds: {min(ratios):.3f}x to {max(ratios):.3f}x)"
+        )
+    print(
+        f"drift windows evaluated while measured: {windows}; the drift process used "
+        f"{drift_cpu:.1f} CPU-s in all"
+    )
+
+
+def measure_rounds(
+    servers: dict[bool, tuple[Server, int]],
+    bodies: list[dict[str, object]],
+    seconds: int,
+    connections: int,
+    rounds: int,
+) -> dict[bool, list[tuple[float, float]]]:
+    """(ok req/s, requests per CPU-second of the server's process tree) of each round's run,
+    monitor on (True) and off; ``servers`` holds each server with its root pid."""
+    rates: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for i in range(rounds):
+        for loop in (True, False) if i % 2 == 0 else (False, True):
+            server, root = servers[loop]
+            pause(servers[not loop][1])
+            resume(root)
+            wrk(server.predict, bodies, 3, connections)  # warm-up
+            cpu = tree_cpu_seconds(root)
+            ok, p50, p99, errors = wrk(server.predict, bodies, seconds, connections)
+            per_cpu = ok * seconds / (tree_cpu_seconds(root) - cpu)
+            rates[loop].append((ok, per_cpu))
+            print(
+                f"round {i + 1}  {server.name:<22}{ok:>8.0f} req/s  {per_cpu:>6.0f} req/CPU-s  "
+                f"p50 {p50:5.1f} ms  p99 {p99:6.1f} ms  errors {errors}"
+            )
+        (on_ok, on_cpu), (off_ok, off_cpu) = rates[True][-1], rates[False][-1]
+        print(
+            f"round {i + 1}  on / off = {on_ok / off_ok:.3f}x req/s, "
+            f"{on_cpu / off_cpu:.3f}x req per CPU-s"
+        )
+    return rates
+
+
+def drift_process_cpu(root: int) -> float:
+    """CPU seconds used so far by the monitor's drift process (``python -m gateway.lowprio``)."""
+    stats = _proc_stats()
+    found = 0.0
+    for pid in tree_pids(root, stats):
+        with suppress(OSError):
+            if b"gateway.lowprio" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found += stats[pid][1]
+    return found
+
+
+def pause(root: int) -> None:
+    for pid in tree_pids(root):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+
+
+def resume(root: int) -> None:
+    for pid in tree_pids(root):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def drift_windows(base: str) -> int:
