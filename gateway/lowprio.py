@@ -1,5 +1,4 @@
-"""An executor whose work runs in one plain Python process, by default at the lowest CPU
-priority.
+"""An executor whose work runs in one plain Python process at the lowest CPU priority.
 
 The drift computation imports Evidently (seconds of CPU) and holds the GIL while it computes, so
 it runs in a process of its own. ``ProcessPoolExecutor`` with ``spawn`` would start that process
@@ -12,9 +11,6 @@ throughput while this process imports Evidently; with the spawn pool it was abou
 Calls go one at a time over the child's stdin/stdout as length-prefixed pickles (functions by
 reference, so they must be importable module-level functions). A child that dies fails the call
 in flight; the next call starts a new one.
-
-With ``nice=0`` the child is an ordinary process in the caller's session: the prediction log
-writes through one, so that SQLite's work does not contend for the worker's GIL.
 """
 
 from __future__ import annotations
@@ -36,14 +32,14 @@ _HEADER = struct.Struct("<Q")
 _Call = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 
-def lowest_priority(nice: int = 19) -> None:
-    """Nice ``nice``, and the autogroup of the session (a session of its own) lowered too: where
-    the kernel shares the CPU between sessions first (autogroup), and every Bento worker is a
-    session, plain nice would only rank this process inside its own session."""
+def lowest_priority() -> None:
+    """Nice 19, in a session of its own whose autogroup is lowered too: where the kernel shares
+    the CPU between sessions first (autogroup), and every Bento worker is a session, plain nice
+    would only rank this process inside its own session."""
     with contextlib.suppress(OSError):
-        os.nice(nice)
+        os.nice(19)
     with contextlib.suppress(OSError):
-        Path("/proc/self/autogroup").write_text(str(nice))
+        Path("/proc/self/autogroup").write_text("19")
 
 
 def _send(stream: IO[bytes], payload: Any) -> None:
@@ -64,11 +60,9 @@ def _receive(stream: IO[bytes]) -> Any:
 
 
 class LowPriorityProcess(Executor):
-    """``submit(fn, *args)`` runs ``fn`` in the child process; calls queue in order. ``nice`` 0:
-    an ordinary child, in the caller's session."""
+    """``submit(fn, *args)`` runs ``fn`` in the low-priority process; calls queue in order."""
 
-    def __init__(self, nice: int = 19) -> None:
-        self.nice = nice
+    def __init__(self) -> None:
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._process: subprocess.Popen[bytes] | None = None
         self._closed = False
@@ -123,10 +117,10 @@ class LowPriorityProcess(Executor):
     def _running(self) -> subprocess.Popen[bytes]:
         if self._process is None or self._process.poll() is not None:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.lowprio", str(self.nice)],
+                [sys.executable, "-m", "gateway.lowprio"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                start_new_session=self.nice > 0,  # a session (and autogroup) of its own
+                start_new_session=True,  # a session (and autogroup) of its own
             )
         return self._process
 
@@ -143,9 +137,7 @@ class LowPriorityProcess(Executor):
 def main() -> None:
     """The child: answer ``(fn, args)`` calls until stdin closes. Anything the work prints goes
     to stderr, keeping stdout for answers."""
-    nice = int(sys.argv[1]) if len(sys.argv) > 1 else 19
-    if nice > 0:
-        lowest_priority(nice)
+    lowest_priority()
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     requests = sys.stdin.buffer

@@ -28,15 +28,6 @@ def test_calls_run_in_a_nice_19_process_of_their_own(executor: LowPriorityProces
     assert executor.submit(os.getsid, 0).result(timeout=30) == child  # its own session
 
 
-def test_nice_0_is_an_ordinary_child_in_the_callers_session() -> None:
-    pool = LowPriorityProcess(nice=0)
-    try:
-        assert pool.submit(os.nice, 0).result(timeout=30) == os.nice(0)
-        assert pool.submit(os.getsid, 0).result(timeout=30) == os.getsid(0)
-    finally:
-        pool.shutdown()
-
-
 def test_errors_come_back_and_a_dead_process_is_replaced(executor: LowPriorityProcess) -> None:
     with pytest.raises(ValueError, match="invalid literal"):
         executor.submit(int, "x").result(timeout=30)
