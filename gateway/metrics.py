@@ -142,6 +142,11 @@ class GatewayMetrics:
             "Answered objects not written to the prediction log because its buffer was full",
             registry=r,
         )
+        self.log_cpu = Counter(
+            "gateway_prediction_log_cpu_seconds_total",
+            "CPU seconds the prediction log's writer threads spent serialising and inserting",
+            registry=r,
+        )
         self.monitor_errors = Counter(
             "gateway_monitor_errors_total",
             "Failures of the monitoring side (they never fail a prediction), by stage",

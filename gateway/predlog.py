@@ -153,7 +153,14 @@ class PredictionLog:
         batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
         if not batch:
             return
-        now = time.time()
+        started, now = time.thread_time(), time.time()
+        try:
+            self._write(batch, now)
+        finally:
+            spent = time.thread_time() - started
+            self.metrics.safely(lambda: self.metrics.log_cpu.inc(spent))
+
+    def _write(self, batch: list[Logged], now: float) -> None:
         groups: dict[tuple[str, str], list[Logged]] = {}
         for entry in batch:  # one group unless a swap happened since the last flush
             groups.setdefault((entry.model, entry.version), []).append(entry)

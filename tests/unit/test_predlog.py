@@ -102,6 +102,7 @@ def test_a_flush_writes_each_object_with_its_version(
     assert [row.request_id for row in window] == ids[1:]
     assert window[0].input == {"text": "meh", "stars": None}
     assert counted(metrics, "gateway_monitor_samples_dropped_total") == 0
+    assert counted(metrics, "gateway_prediction_log_cpu_seconds_total") > 0
 
 
 def test_a_full_buffer_drops_and_counts(
