@@ -155,10 +155,15 @@ class DriftMonitor:
         due = time.monotonic() - watched.rendered_at >= self.settings.drift_report_interval_s
         if watched.windows == 1 or result.detected or due:
             html = self.reports / f"{name}.html"
-            await loop.run_in_executor(
-                self._pool(), self._render_fn(), watched.reference, current, options, html
-            )
-            watched.rendered_at = time.monotonic()
+            try:
+                await loop.run_in_executor(
+                    self._pool(), self._render_fn(), watched.reference, current, options, html
+                )
+                watched.rendered_at = time.monotonic()
+            except Exception:  # the window's verdict still counts, without its report
+                log.exception("could not render the drift report %s", html)
+                self.metrics.safely(lambda: self.metrics.monitor_errors.labels("report").inc())
+                html = None
         self._publish(model, watched, result, html, name)
         watched.drifted_in_a_row = watched.drifted_in_a_row + 1 if result.detected else 0
         if watched.drifted_in_a_row >= self.settings.drift_alert_windows:

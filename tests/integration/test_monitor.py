@@ -59,6 +59,23 @@ def test_monitor_failures_never_fail_a_prediction(
         assert client.post("/predict", json={"application": APPLICATION}).status_code == 200
         assert client.get("/drift").status_code == 404  # no window was evaluated
 
+        # A report that cannot be rendered costs only the report: the window still counts.
+        core.monitor.compare = None  # the real computation again
+        core.monitor.render = boom
+        more = client.post("/predict/bulk", json={"applications": loan_variants(20)})
+        assert more.status_code == 200
+        core.predictions.flush()
+        client.portal.call(core.monitor.check)  # type: ignore[union-attr]
+        assert _metric(client, "gateway_monitor_errors_total", '{stage="report"}') == 1
+        latest = client.get("/drift").json()
+        assert latest["report"] is None
+        assert latest["current_rows"] == 20
+        assert (
+            _metric(client, "gateway_drift_windows_total", '{model="loans",result="clean"}')
+            + (_metric(client, "gateway_drift_windows_total", '{model="loans",result="drifted"}'))
+            == 1
+        )
+
         # A full buffer drops samples (counted) and still answers.
         core.predictions.flush()
         flood = client.post("/predict/bulk", json={"applications": loan_variants(40)})
