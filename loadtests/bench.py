@@ -282,7 +282,7 @@ def main() -> None:
         "loop: alert to serving",
     )
     parser.add_argument("--monitor-seconds", type=int, default=20)
-    parser.add_argument("--monitor-rounds", type=int, default=6)
+    parser.add_argument("--monitor-rounds", type=int, default=8)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (make bench installs it with apt-get)")
