@@ -121,8 +121,7 @@ def compare(
             )
         )
     if html is not None:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        report(reference, current, options, kinds).save_html(str(html))
+        _save(reference, current, options, kinds, html)
     drifted = sum(c.drifted for c in found)
     share = drifted / len(found) if found else 0.0
     return DriftResult(
@@ -139,9 +138,19 @@ def render(
 ) -> Path:
     """Only the HTML report of ``compare`` (for a window whose verdicts are known)."""
     reference, current, kinds = _prepared(reference, current)
+    _save(reference, current, options, kinds, html)
+    return html
+
+
+def _save(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    options: DriftOptions,
+    kinds: dict[str, str],
+    html: Path,
+) -> None:
     html.parent.mkdir(parents=True, exist_ok=True)
     report(reference, current, options, kinds).save_html(str(html))
-    return html
 
 
 def report(
