@@ -32,6 +32,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.model import LoadedModel
 from gateway.predlog import PredictionLog, Row
 from gateway.settings import GatewaySettings
+from trainers import drift
 
 log = logging.getLogger(__name__)
 PREDICTION_PREFIX = "prediction."
@@ -77,9 +78,9 @@ class DriftMonitor:
         self.served = served
         self.alert = alert
         self.reports = settings.state_dir / "reports"
-        self.compare = compare
+        self.compare: Callable[..., Any] = compare or drift.compare
         """The drift computation (default: ``trainers.drift.compare``)."""
-        self.render: Callable[..., Any] | None = None
+        self.render: Callable[..., Any] = drift.render
         """The HTML report of a window (``trainers.drift.render``)."""
         self.executor = executor
         """Where it runs (default: a separate process, started on first use)."""
@@ -149,7 +150,7 @@ class DriftMonitor:
         loop = asyncio.get_running_loop()
         options = self._options()
         result = await loop.run_in_executor(
-            self._pool(), self._compare_fn(), watched.reference, current, options, None
+            self._pool(), self.compare, watched.reference, current, options, None
         )
         html: Path | None = None
         due = time.monotonic() - watched.rendered_at >= self.settings.drift_report_interval_s
@@ -157,7 +158,7 @@ class DriftMonitor:
             html = self.reports / f"{name}.html"
             try:
                 await loop.run_in_executor(
-                    self._pool(), self._render_fn(), watched.reference, current, options, html
+                    self._pool(), self.render, watched.reference, current, options, html
                 )
                 watched.rendered_at = time.monotonic()
             except Exception:  # the window's verdict still counts, without its report
@@ -182,40 +183,20 @@ class DriftMonitor:
     def _reference(self, model: LoadedModel) -> pd.DataFrame:
         from mlflow import MlflowClient
 
-        from trainers.drift import REFERENCE_SAMPLE
-
         client = MlflowClient(self.settings.tracking_uri, self.settings.tracking_uri)
         with tempfile.TemporaryDirectory(prefix="gateway-reference-") as tmp:
-            path = client.download_artifacts(model.run_id, REFERENCE_SAMPLE, tmp)
+            path = client.download_artifacts(model.run_id, drift.REFERENCE_SAMPLE, tmp)
             frame = pd.read_parquet(path)
         return self._drift_frame(model, frame)
 
     def _drift_frame(self, model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
-        from trainers.drift import drift_frame
+        return drift.drift_frame(model.pipeline, model.predictor, frame)
 
-        return drift_frame(model.pipeline, model.predictor, frame)
-
-    def _options(self) -> Any:
-        from trainers.drift import DriftOptions
-
+    def _options(self) -> drift.DriftOptions:
         s = self.settings
-        return DriftOptions(
+        return drift.DriftOptions(
             s.drift_num_method, s.drift_cat_method, s.drift_threshold, s.drift_share
         )
-
-    def _compare_fn(self) -> Callable[..., Any]:
-        if self.compare is None:
-            from trainers.drift import compare
-
-            self.compare = compare
-        return self.compare
-
-    def _render_fn(self) -> Callable[..., Any]:
-        if self.render is None:
-            from trainers.drift import render
-
-            self.render = render
-        return self.render
 
     def _pool(self) -> Executor:
         if self.executor is None:  # started on first use: the import costs seconds, once
