@@ -661,12 +661,7 @@ def pin_workers(root: int) -> None:
     workers land differs from one server to the other and lasts for the server's life: in runs
     without this, the same server beat the other by 5-20 % in every round, in either direction
     from one run to the next. (The drift process, a child of a worker, starts on its core.)"""
-    stats = _proc_stats()
-    workers = sorted(
-        pid
-        for pid in tree_pids(root, stats)
-        if b"_bentoml_impl.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    )
+    workers = sorted(tree_pids_running(root, b"_bentoml_impl.worker", _proc_stats()))
     cores = sorted(os.sched_getaffinity(0))
     for i, pid in enumerate(workers):
         for task in Path(f"/proc/{pid}/task").iterdir():  # every thread; new ones inherit
@@ -677,46 +672,50 @@ def pin_workers(root: int) -> None:
 def loop_cpu_seconds(server: Server, root: int) -> float:
     """CPU seconds the loop has spent on its own so far: the prediction log's writer threads
     (the gateway counts them) and the drift process."""
-    text = httpx.get(server.predict.rsplit("/", 1)[0] + "/metrics", timeout=10).text
-    log = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("gateway_prediction_log_cpu_seconds_total")
-    )
+    base = server.predict.rsplit("/", 1)[0]
+    log = metric_total(base, "gateway_prediction_log_cpu_seconds_total")
     return log + drift_process_cpu(root)
 
 
 def drift_process_cpu(root: int) -> float:
     """CPU seconds used so far by the monitor's drift process (``python -m gateway.lowprio``)."""
     stats = _proc_stats()
-    found = 0.0
+    return sum(stats[pid][1] for pid in tree_pids_running(root, b"gateway.lowprio", stats))
+
+
+def tree_pids_running(root: int, command: bytes, stats: dict[int, tuple[int, float]]) -> list[int]:
+    """The processes in ``root``'s tree whose command line contains ``command``."""
+    found = []
     for pid in tree_pids(root, stats):
         with suppress(OSError):
-            if b"gateway.lowprio" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found += stats[pid][1]
+            if command in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
     return found
 
 
 def pause(root: int) -> None:
-    for pid in tree_pids(root):
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
+    signal_tree(root, signal.SIGSTOP)
 
 
 def resume(root: int) -> None:
+    signal_tree(root, signal.SIGCONT)
+
+
+def signal_tree(root: int, sig: signal.Signals) -> None:
     for pid in tree_pids(root):
         with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, sig)
 
 
 def drift_windows(base: str) -> int:
+    return int(metric_total(base, "gateway_drift_windows_total{"))
+
+
+def metric_total(base: str, prefix: str) -> float:
+    """The sum of the samples on ``base``'s /metrics whose line starts with ``prefix``."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
-    return int(
-        sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("gateway_drift_windows_total{")
-        )
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
     )
 
 
