@@ -21,7 +21,7 @@ from gateway.loop import RetrainLoop
 from gateway.metrics import GatewayMetrics, outcome_field
 from gateway.model import LoadedModel
 from gateway.monitor import DriftMonitor
-from gateway.predlog import Logged, PredictionLog, request_ids
+from gateway.predlog import PredictionLog, request_ids
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -214,12 +214,7 @@ class GatewayCore:
         """Request ids for the answers, which go to the prediction log (never blocking)."""
         ids = request_ids(len(items))
         if self.predictions is not None:
-            self.predictions.offer(
-                [
-                    Logged(rid, model.name, model.version, item, answer)
-                    for rid, item, answer in zip(ids, items, answers, strict=True)
-                ]
-            )
+            self.predictions.offer(model.name, model.version, ids, items, answers)
         return ids
 
     def feedback(self, payload: Any) -> dict[str, Any]:

@@ -2,13 +2,16 @@
 back for it later, and the alerts and retrains of the loop — one SQLite file (WAL) shared by the
 workers of a serve.
 
-The request path only appends to a bounded in-memory buffer (a full buffer drops the sample and
-counts it; it never blocks). A writer thread serialises the buffer in one call and inserts it in
-one statement: SQLite unpacks the batch itself (``json_each``), so the insert runs without the
-GIL from start to end. (Row by row, ``executemany`` gives the GIL back and waits for it again at
-every row; on a busy worker each wait can last the interpreter's 5 ms switch interval. Handing
-the batch to a child process that inserts it was tried too: the same throughput, one more
-process.)
+The request path serializes its answered objects (one pydantic call) and appends the bytes to a
+bounded buffer (a full buffer drops the samples and counts them; it never blocks). Bytes are not
+tracked by Python's garbage collector: buffering the objects themselves kept every request's
+input and answer alive until the next flush, which made the collector run about 70 times as
+often on a busy worker, costing more CPU than writing the log. A writer thread joins the buffer
+and inserts it in one statement: SQLite unpacks the batch itself (``json_each``), so the insert
+runs without the GIL from start to end. (Row by row, ``executemany`` gives the GIL back and
+waits for it again at every row; on a busy worker each wait can last the interpreter's 5 ms
+switch interval. Handing the batch to a child process that inserts it was tried too: the same
+throughput, one more process.)
 
 Request ids are time-ordered (see ``request_ids``), so the primary key grows at its end; random
 UUIDs cost about twice the CPU per insert, spent updating pages all over the index.
@@ -21,7 +24,6 @@ Tables (the retrain data source reads ``predictions`` joined with ``feedback``):
 
 from __future__ import annotations
 
-import collections
 import functools
 import itertools
 import json
@@ -90,17 +92,6 @@ def request_ids(n: int) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Logged:
-    """One answered object: the request id, the version that answered, input and output."""
-
-    request_id: str
-    model: str
-    version: str
-    item: BaseModel
-    answer: BaseModel
-
-
-@dataclass(frozen=True)
 class Row:
     rowid: int
     request_id: str
@@ -119,12 +110,24 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+class _Pending:
+    """Serialized objects of one (model, version) waiting for the writer."""
+
+    __slots__ = ("chunks", "count")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.count = 0
+
+
 class PredictionLog:
     def __init__(self, path: Path, capacity: int, metrics: GatewayMetrics) -> None:
         self.path = path
         self.capacity = capacity
         self.metrics = metrics
-        self._buffer: collections.deque[Logged] = collections.deque()
+        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._queued = 0  # objects in _pending
+        self._pending_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
         self._lock = threading.Lock()  # one statement at a time on the shared connection
@@ -133,14 +136,38 @@ class PredictionLog:
         self._writer.start()
 
     # -- the request path -------------------------------------------------------------------
-    def offer(self, entries: Sequence[Logged]) -> None:
-        """Queue answered objects for the log; drop (and count) what does not fit."""
-        room = self.capacity - len(self._buffer)
-        if room < len(entries):
-            dropped = len(entries) - max(room, 0)
+    def offer(
+        self,
+        model: str,
+        version: str,
+        request_ids: Sequence[str],
+        items: Sequence[BaseModel],
+        answers: Sequence[BaseModel],
+    ) -> None:
+        """Queue the objects ``version`` answered, serialized (the log keeps no reference to
+        them); drop (and count) what does not fit."""
+        room = max(self.capacity - self._queued, 0)
+        count = min(len(request_ids), room)
+        if count < len(request_ids):
+            dropped = len(request_ids) - count
             self.metrics.safely(lambda: self.metrics.samples_dropped.inc(dropped))
-            entries = entries[: max(room, 0)]
-        self._buffer.extend(entries)
+        if not count:
+            return
+        rows = zip(request_ids[:count], items[:count], answers[:count], strict=True)
+        try:
+            chunk = _BATCH.dump_json(list(rows))[1:-1]  # the rows, without the list's brackets
+        except Exception:
+            log.exception("could not serialize %d predictions for the log", count)
+            self.metrics.safely(lambda: self.metrics.monitor_errors.labels("log").inc())
+            self.metrics.safely(lambda: self.metrics.samples_dropped.inc(count))
+            return
+        with self._pending_lock:
+            pending = self._pending.get((model, version))
+            if pending is None:
+                pending = self._pending[(model, version)] = _Pending()
+            pending.chunks.append(chunk)
+            pending.count += count
+            self._queued += count
 
     # -- the writer -------------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -150,7 +177,8 @@ class PredictionLog:
             self.flush()
 
     def flush(self) -> None:
-        batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
+        with self._pending_lock:
+            batch, self._pending, self._queued = self._pending, {}, 0
         if not batch:
             return
         started, now = time.thread_time(), time.time()
@@ -160,19 +188,16 @@ class PredictionLog:
             spent = time.thread_time() - started
             self.metrics.safely(lambda: self.metrics.log_cpu.inc(spent))
 
-    def _write(self, batch: list[Logged], now: float) -> None:
-        groups: dict[tuple[str, str], list[Logged]] = {}
-        for entry in batch:  # one group unless a swap happened since the last flush
-            groups.setdefault((entry.model, entry.version), []).append(entry)
-        for (model, version), entries in groups.items():
+    def _write(self, batch: dict[tuple[str, str], _Pending], now: float) -> None:
+        for (model, version), pending in batch.items():  # one unless a swap happened meanwhile
             try:
-                rows = _BATCH.dump_json([(e.request_id, e.item, e.answer) for e in entries])
+                rows = b"[" + b",".join(pending.chunks) + b"]"
                 with self._lock:
                     self._conn.execute(INSERT, (now, model, version, rows.decode()))
             except Exception:
-                log.exception("could not write %d predictions to %s", len(entries), self.path)
+                log.exception("could not write %d predictions to %s", pending.count, self.path)
                 self.metrics.safely(lambda: self.metrics.monitor_errors.labels("log").inc())
-                lost = functools.partial(self.metrics.samples_dropped.inc, len(entries))
+                lost = functools.partial(self.metrics.samples_dropped.inc, pending.count)
                 self.metrics.safely(lost)
 
     def close(self) -> None:

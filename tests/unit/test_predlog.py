@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from gateway.metrics import GatewayMetrics
-from gateway.predlog import Logged, PredictionLog, request_ids
+from gateway.predlog import PredictionLog, request_ids
 
 
 class Review(BaseModel):
@@ -75,13 +76,8 @@ def test_a_flush_writes_each_object_with_its_version(
         Verdict(sentiment="negative", confidence=0.25),
     ]
     ids = request_ids(3)
-    predictions.offer(
-        [
-            Logged(ids[0], "reviews", "1", items[0], answers[0]),
-            Logged(ids[1], "reviews", "2", items[1], answers[1]),  # answered after a swap
-            Logged(ids[2], "reviews", "2", items[0], answers[1]),
-        ]
-    )
+    predictions.offer("reviews", "1", ids[:1], items[:1], answers[:1])
+    predictions.offer("reviews", "2", ids[1:], [items[1], items[0]], [answers[1], answers[1]])
     predictions.flush()
     with sqlite3.connect(predictions.path) as conn:
         rows = conn.execute(
@@ -108,11 +104,9 @@ def test_a_flush_writes_each_object_with_its_version(
 def test_a_full_buffer_drops_and_counts(
     predictions: PredictionLog, metrics: GatewayMetrics
 ) -> None:
-    entries = [
-        Logged(rid, "reviews", "1", Review(text="x"), Verdict(sentiment="positive", confidence=1))
-        for rid in request_ids(150)
-    ]
-    predictions.offer(entries)  # capacity 100
+    answer = Verdict(sentiment="positive", confidence=1)
+    for _ in range(3):  # capacity 100
+        predictions.offer("reviews", "1", request_ids(50), [Review(text="x")] * 50, [answer] * 50)
     assert counted(metrics, "gateway_monitor_samples_dropped_total") == 50
     predictions.flush()
     with sqlite3.connect(predictions.path) as conn:
@@ -127,7 +121,7 @@ def test_a_failed_write_is_counted_and_the_log_goes_on(
     with sqlite3.connect(predictions.path) as conn:  # a table the log's insert does not fit
         conn.execute("ALTER TABLE predictions RENAME TO kept")
         conn.execute("CREATE TABLE predictions (request_id TEXT)")
-    predictions.offer([Logged(rid, "reviews", "1", Review(text="x"), answer)])
+    predictions.offer("reviews", "1", [rid], [Review(text="x")], [answer])
     predictions.flush()
     assert counted(metrics, "gateway_monitor_errors_total", stage="log") == 1
     assert counted(metrics, "gateway_monitor_samples_dropped_total") == 1
@@ -135,6 +129,19 @@ def test_a_failed_write_is_counted_and_the_log_goes_on(
         conn.execute("DROP TABLE predictions")
         conn.execute("ALTER TABLE kept RENAME TO predictions")
     (rid,) = request_ids(1)
-    predictions.offer([Logged(rid, "reviews", "1", Review(text="y"), answer)])
+    predictions.offer("reviews", "1", [rid], [Review(text="y")], [answer])
     predictions.flush()
     assert [row.request_id for row in predictions.window("reviews", "1", 0, 1)] == [rid]
+
+
+def test_queued_objects_are_kept_serialized_not_referenced(predictions: PredictionLog) -> None:
+    """The buffer holds bytes: a request's objects are freed when it ends, not at the next
+    flush (objects kept alive in bulk make the garbage collector run all the time)."""
+    item, answer = Review(text="kept?"), Verdict(sentiment="negative", confidence=0.5)
+    before = sys.getrefcount(item), sys.getrefcount(answer)
+    predictions.offer("reviews", "1", request_ids(1), [item], [answer])
+    assert (sys.getrefcount(item), sys.getrefcount(answer)) == before
+    predictions.flush()
+    (row,) = predictions.window("reviews", "1", after=0, size=1)
+    assert row.input == {"text": "kept?", "stars": None}
+    assert row.output == answer.model_dump(mode="json")
