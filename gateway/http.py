@@ -215,11 +215,9 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
                 plane = DataPlane(Starlette(routes=lean), settings.data_host, settings.data_port)
                 await plane.start()
             if settings.grpc_port:
-                from gateway.oip.grpc_server import GrpcServer  # grpc: only where it serves
+                from gateway.oip.grpc_front import grpc_server  # grpc: only where it serves
 
-                rpc = GrpcServer(
-                    Oip(get_core), settings.data_host, settings.grpc_port, settings.max_body_bytes
-                )
+                rpc = grpc_server(Oip(get_core), settings)
                 await rpc.start()
             yield
         finally:

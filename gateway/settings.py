@@ -72,6 +72,11 @@ class GatewaySettings(BaseSettings):
     """Port of the Open Inference Protocol gRPC server, shared by every worker with
     ``SO_REUSEPORT`` (0: no gRPC)."""
 
+    grpc_server: Literal["auto", "native", "python"] = "auto"
+    """Which gRPC server each worker runs: ``native``, the ``gateway-grpc`` front that ``make``
+    builds (Go; it carries the calls to the worker, which answers them), ``python``, grpc.aio in
+    the worker, or ``auto``: the native front where it was built."""
+
     # -- the loop: prediction log, drift monitor, alerts, retrain ------------------------------
     state_dir: Path = Path("gateway-state")
     """Where the prediction log (sqlite), drift reports, retrain logs and lock files live; shared

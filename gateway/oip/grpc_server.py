@@ -191,7 +191,7 @@ class GrpcServer:
         if self.server.add_insecure_port(self.address) == 0:
             raise OSError(f"cannot bind the gRPC port {self.address}")
         await self.server.start()
-        log.info("gRPC (Open Inference Protocol v2) listening on %s", self.address)
+        log.info("gRPC (Open Inference Protocol v2) listening on %s (grpc.aio)", self.address)
 
     async def stop(self) -> None:
         await self.server.stop(grace=5)

@@ -1,0 +1,247 @@
+"""The native gRPC front: ``gateway-grpc`` (``grpcfront/main.go``) carries gRPC for a worker.
+
+Python's gRPC server costs more CPU per call than the gateway's whole business-JSON request,
+model included (see the README's protocol figures). So where ``make`` has built
+``gateway-grpc`` into the environment, each worker starts one as its child: it terminates
+HTTP/2 on the shared gRPC port (``SO_REUSEPORT``) and passes every call, still serialized, over
+a Unix socket (:mod:`gateway.oip.frames`) to this module, which answers it with the same
+:class:`Servicer` as the Python server: parsing, tensors, validation, batching and status codes
+are the worker's. Calls that arrive together come in one read, and their answers leave in one
+write. The front exits when its worker closes the link or dies; a front that exits on its own
+is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from gateway.oip import frames
+from gateway.oip import grpc_predict_v2_pb2 as pb
+from gateway.oip.grpc_server import GrpcServer, Servicer
+from gateway.oip.service import Oip
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+PROGRAM = "gateway-grpc"
+RESTART_S = 1.0
+METHODS = {
+    method.name: getattr(pb, method.input_type.name)
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
+}
+
+
+def program() -> str | None:
+    """``gateway-grpc`` beside this interpreter (the environment ``make`` built it into), else
+    on ``PATH``; None when it was not built."""
+    beside = str(Path(sys.executable).parent)
+    return shutil.which(PROGRAM, path=os.pathsep.join([beside, os.environ.get("PATH", "")]))
+
+
+class Refused(Exception):
+    """A call the servicer aborted: its gRPC status code and details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class CallContext:
+    """What the servicer uses of a gRPC context, for a call that came over the link."""
+
+    def __init__(self) -> None:
+        self.header: Sequence[tuple[str, str]] = ()
+
+    async def send_initial_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self.header = metadata
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise Refused(code, details)
+
+
+class Link(asyncio.Protocol):
+    """A front's connection: calls in, answers out (written once per event-loop turn)."""
+
+    def __init__(self, servicer: Servicer) -> None:
+        self.servicer = servicer
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.outgoing: list[bytes] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        loop = asyncio.get_running_loop()
+        for call, method, request in frames.calls(self.buffer):
+            task = loop.create_task(self.answer(call, method, request))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def answer(self, call: int, method: str, request: bytes) -> None:
+        kind = METHODS.get(method)
+        if kind is None:
+            self.send(call, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}")
+            return
+        try:
+            message = kind.FromString(request)
+        except DecodeError as exc:
+            details = f"the request is not a valid {kind.__name__}: {exc}"
+            self.send(call, grpc.StatusCode.INVALID_ARGUMENT, details)
+            return
+        context = CallContext()
+        try:
+            response = await getattr(self.servicer, method)(message, context)
+        except Refused as refused:
+            self.send(call, refused.code, refused.details, context.header)
+        except Exception:
+            log.exception("gRPC %s failed", method)
+            self.send(call, grpc.StatusCode.INTERNAL, "internal error")
+        else:
+            self.send(call, grpc.StatusCode.OK, "", context.header, response.SerializeToString())
+
+    def send(
+        self,
+        call: int,
+        code: grpc.StatusCode,
+        details: str,
+        header: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.outgoing.append(frames.answer_frame(call, code.value[0], details, header, body))
+
+    def flush(self) -> None:
+        written, self.outgoing = self.outgoing, []
+        if self.transport is not None:  # else the front is gone, and the calls with it
+            self.transport.writelines(written)
+
+
+class GrpcFront:
+    """``gateway-grpc`` serving ``host:port`` for this worker, answering through a Link."""
+
+    def __init__(self, oip: Oip, host: str, port: int, max_message_bytes: int, exe: str) -> None:
+        self.servicer = Servicer(oip)
+        self.exe = exe
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.max_message_bytes = max_message_bytes
+        self.folder = Path(tempfile.mkdtemp(prefix="gateway-grpc-"))  # short: socket paths
+        self.socket = str(self.folder / "worker.sock")
+        self.server: asyncio.AbstractServer | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self.watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_unix_server(lambda: Link(self.servicer), self.socket)
+        try:
+            process = await self._launch()
+        except BaseException:
+            await self.stop()
+            raise
+        self.watch = loop.create_task(self._keep_running(process))
+
+    async def _launch(self) -> asyncio.subprocess.Process:
+        """Start the front; it answers once it holds the port and the link."""
+        process = await asyncio.create_subprocess_exec(
+            self.exe,
+            "-listen",
+            self.address,
+            "-worker",
+            self.socket,
+            "-parent",
+            str(os.getpid()),
+            "-max-message",
+            str(self.max_message_bytes),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self.process = process
+        output = process.stdout
+        assert output is not None
+        first = b""
+        with contextlib.suppress(TimeoutError):
+            first = await asyncio.wait_for(output.readline(), timeout=30)
+        if not first.startswith(b"listening on "):
+            rest = b""
+            with contextlib.suppress(TimeoutError):
+                rest = await asyncio.wait_for(output.read(), timeout=5)
+            await _end(process)
+            said = (first + rest).decode(errors="replace").strip()
+            raise OSError(f"{self.exe} did not start: {said or 'no output'}")
+        log.info(
+            "gRPC (Open Inference Protocol v2) listening on %s (%s, pid %d)",
+            self.address,
+            PROGRAM,
+            process.pid,
+        )
+        return process
+
+    async def _keep_running(self, process: asyncio.subprocess.Process) -> None:
+        """Pass the front's messages to the worker's log; start it again if it exits."""
+        while True:
+            assert process.stdout is not None
+            async for line in process.stdout:
+                log.warning("%s", line.decode(errors="replace").rstrip())
+            code = await process.wait()
+            log.error("%s exited with code %s; starting it again", PROGRAM, code)
+            while True:
+                await asyncio.sleep(RESTART_S)
+                try:
+                    process = await self._launch()
+                    break
+                except OSError:
+                    log.exception("%s could not be started again", PROGRAM)
+
+    async def stop(self) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.watch
+            self.watch = None
+        if self.process is not None:
+            await _end(self.process)
+            self.process = None
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+async def _end(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def grpc_server(oip: Oip, settings: GatewaySettings) -> GrpcFront | GrpcServer:
+    """The worker's gRPC server, as ``GATEWAY_GRPC_SERVER`` says."""
+    host, port, limit = settings.data_host, settings.grpc_port, settings.max_body_bytes
+    exe = program() if settings.grpc_server != "python" else None
+    if exe is not None:
+        return GrpcFront(oip, host, port, limit, exe)
+    if settings.grpc_server == "native":
+        raise OSError(f"GATEWAY_GRPC_SERVER=native, but {PROGRAM} was not built (make grpc-front)")
+    return GrpcServer(oip, host, port, limit)
