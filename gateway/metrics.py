@@ -144,7 +144,8 @@ class GatewayMetrics:
         )
         self.log_cpu = Counter(
             "gateway_prediction_log_cpu_seconds_total",
-            "CPU seconds the prediction log's writer threads spent serialising and inserting",
+            "CPU seconds the prediction log spent: serialising answered objects in the request "
+            "path, inserting them in its writer threads",
             registry=r,
         )
         self.monitor_errors = Counter(

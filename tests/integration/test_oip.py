@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import re
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -25,10 +29,11 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import FAST_LOANS, TINY_REVIEWS, train_ok
-from tests.helpers import REPO, VENV_BIN, free_port, metric_samples, serve_gateway
+from tests.helpers import REPO, VENV_BIN, free_port, metric_samples, serve_gateway, wait_until
 from tests.integration.test_serving import APPLICATION
 from trainers import pipelines
 
+SERVICE = "/inference.GRPCInferenceService/"
 NUMPY = {"FP32": np.float32, "INT64": np.int64, "BOOL": np.bool_}
 
 
@@ -52,18 +57,24 @@ def loans(tmp_path_factory: pytest.TempPathFactory, loans_data: Path) -> Iterato
 
 @pytest.fixture(scope="module")
 def reviews(tmp_path_factory: pytest.TempPathFactory, reviews_data: Path) -> Iterator[Served]:
+    # grpc.aio in the worker, the server used where gateway-grpc was not built
     yield from _serve(
-        tmp_path_factory.mktemp("oip-reviews"), "reviews", reviews_data, TINY_REVIEWS, 1
+        tmp_path_factory.mktemp("oip-reviews"), "reviews", reviews_data, TINY_REVIEWS, 1, "python"
     )
 
 
 def _serve(
-    tmp: Path, pipeline: str, data: Path, params: list[str], workers: int
+    tmp: Path, pipeline: str, data: Path, params: list[str], workers: int, server: str = "auto"
 ) -> Iterator[Served]:
     store = f"sqlite:///{tmp / 'mlflow.db'}"
     train_ok(store, pipeline, "--data", str(data), *params)
     grpc_port = free_port()
-    settings = {"pipeline": pipeline, "grpc_port": str(grpc_port), "poll_interval_s": "0"}
+    settings = {
+        "pipeline": pipeline,
+        "grpc_port": str(grpc_port),
+        "grpc_server": server,
+        "poll_interval_s": "0",
+    }
     with serve_gateway(store, tmp, workers=workers, settings=settings) as (base, plane):
         yield Served(pipeline, base, plane, f"127.0.0.1:{grpc_port}", tmp / "bentoml.log")
 
@@ -294,6 +305,37 @@ def test_bad_tensors_are_refused_by_name(
     # and the server keeps serving
     ok = httpx.post(f"{loans.data}/predict", json={"application": APPLICATION}, timeout=30)
     assert ok.status_code == 200
+
+
+def test_grpc_is_carried_by_a_native_front_per_worker(loans: Served, reviews: Served) -> None:
+    """loans (``auto``) answers gRPC through ``gateway-grpc``, one per worker; reviews
+    (``python``) through grpc.aio. The worker refuses what the front passes on unparsed, and a
+    front that dies is started again."""
+    fronts = re.findall(r"\(gateway-grpc, pid (\d+)\)", loans.log.read_text())
+    assert len(fronts) == 2
+    assert "(grpc.aio)" in reviews.log.read_text()
+    assert "gateway-grpc" not in reviews.log.read_text()
+
+    channel = grpc.insecure_channel(loans.grpc)
+    with pytest.raises(grpc.RpcError) as garbled:
+        channel.unary_unary(SERVICE + "ModelInfer")(b"\xff\xff\xff", timeout=10)
+    assert garbled.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ModelInferRequest" in garbled.value.details()
+    with pytest.raises(grpc.RpcError) as unknown:
+        channel.unary_unary(SERVICE + "RepositoryIndex")(b"", timeout=10)
+    assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    channel.close()
+
+    os.kill(int(fronts[0]), signal.SIGKILL)
+
+    def started_again() -> bool:
+        return len(re.findall(r"\(gateway-grpc, pid (\d+)\)", loans.log.read_text())) == 3
+
+    wait_until(started_again, 20, "the killed front started again")
+    items = objects("loans", 4, seed=3)
+    for _ in range(6):  # new connections, spread over both workers' fronts
+        _, result = via_grpc(loans, items)
+        assert_same(loans, items, business(loans, items), result)
 
 
 def test_unknown_models_and_malformed_bodies(loans: Served) -> None:

@@ -1,0 +1,188 @@
+"""``gateway-grpc``, the native gRPC front, against a worker that speaks its frames: calls reach
+the worker unparsed, answers and refusals (code, details, headers) reach the client, and the
+front ends with its worker. Answering with the real servicer is covered in
+``tests/integration/test_oip.py``, against ``bentoml serve``."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway.oip import frames
+from tests.helpers import VENV_BIN, free_port
+
+FRONT = VENV_BIN / "gateway-grpc"
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+Answer = tuple[int, str, list[tuple[str, str]], bytes]  # code, details, header, body
+
+
+@dataclass
+class Worker:
+    """A listening Unix socket that answers each call with ``reply(method, request)``."""
+
+    path: Path
+    reply: Callable[[str, bytes], Answer]
+    seen: list[tuple[str, bytes]] = field(default_factory=list)
+    conn: socket.socket | None = None
+
+    def serve(self, listener: socket.socket) -> None:
+        self.conn, _ = listener.accept()
+        buffer = bytearray()
+        while data := self.conn.recv(1 << 16):
+            buffer += data
+            for call, method, request in frames.calls(buffer):
+                self.seen.append((method, request))
+                code, details, header, body = self.reply(method, request)
+                self.conn.sendall(frames.answer_frame(call, code, details, header, body))
+
+
+@pytest.fixture
+def worker_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    assert FRONT.exists(), f"{FRONT} is not built: make grpc-front (make test builds it)"
+    path = Path(f"/tmp/gw-test-{tmp_path.name[-12:]}.sock")  # short: Unix socket paths
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    yield listener, path
+    listener.close()
+    path.unlink(missing_ok=True)
+
+
+def start_front(path: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    args = [str(FRONT), "-listen", f"127.0.0.1:{port}", "-worker", str(path), *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@contextlib.contextmanager
+def running(
+    listener: socket.socket, path: Path, reply: Callable[[str, bytes], Answer]
+) -> Iterator[tuple[Worker, subprocess.Popen[bytes], grpc.Channel]]:
+    """The front on a free port with ``reply`` as its worker; yields a channel to it."""
+    worker = Worker(path, reply)
+    thread = threading.Thread(target=worker.serve, args=(listener,), daemon=True)
+    thread.start()
+    port = free_port()
+    front = start_front(path, port)
+    assert front.stdout is not None
+    assert front.stdout.readline().startswith(b"listening on 127.0.0.1:")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield worker, front, channel
+    finally:
+        channel.close()
+        front.terminate()
+        front.wait(timeout=10)
+        thread.join(timeout=5)
+
+
+def echo(method: str, request: bytes) -> Answer:
+    return 0, "", [], method.encode() + b":" + request[::-1]
+
+
+def test_calls_reach_the_worker_as_sent_and_answers_come_back(
+    worker_socket: tuple[socket.socket, Path],
+) -> None:
+    with running(*worker_socket, echo) as (worker, _, channel):
+        infer = channel.unary_unary(INFER)
+        assert infer(b"abc", timeout=10) == b"ModelInfer:cba"
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        assert live(b"", timeout=10) == b"ServerLive:"
+        bodies = [f"call {i}".encode() * (i + 1) for i in range(200)]
+        with ThreadPoolExecutor(32) as pool:  # concurrent calls, each gets its own answer
+            answers = list(pool.map(lambda body: infer(body, timeout=10), bodies))
+        assert answers == [b"ModelInfer:" + body[::-1] for body in bodies]
+        assert ("ModelInfer", b"abc") in worker.seen
+
+
+def test_refusals_keep_their_code_details_and_headers(
+    worker_socket: tuple[socket.socket, Path],
+) -> None:
+    def refuse(method: str, request: bytes) -> Answer:
+        return (
+            grpc.StatusCode.UNAVAILABLE.value[0],
+            "overloaded: 64 waiting",
+            [("retry-after", "2")],
+            b"",
+        )
+
+    with running(*worker_socket, refuse) as (_, _, channel):
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(INFER)(b"x", timeout=10)
+        error = caught.value
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.details() == "overloaded: 64 waiting"
+        assert ("retry-after", "2") in error.initial_metadata()
+
+
+def test_methods_of_other_services_are_unimplemented(
+    worker_socket: tuple[socket.socket, Path],
+) -> None:
+    with running(*worker_socket, echo) as (worker, _, channel):
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary("/other.Service/Method")(b"x", timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert worker.seen == []
+
+
+def test_the_front_ends_when_its_worker_closes_the_link(
+    worker_socket: tuple[socket.socket, Path],
+) -> None:
+    with running(*worker_socket, echo) as (worker, front, channel):
+        assert channel.unary_unary(INFER)(b"x", timeout=10)
+        assert worker.conn is not None
+        worker.conn.shutdown(socket.SHUT_RDWR)
+        assert front.wait(timeout=10) == 0
+
+
+def test_the_front_ends_when_its_worker_process_is_gone(
+    worker_socket: tuple[socket.socket, Path],
+) -> None:
+    listener, path = worker_socket
+    threading.Thread(target=listener.accept, daemon=True).start()
+    # A parent that starts the front and exits at once, as a killed worker would.
+    script = (
+        "import subprocess, sys, os;"
+        f"p = subprocess.Popen([{str(FRONT)!r}, '-listen', '127.0.0.1:{free_port()}',"
+        f" '-worker', {str(path)!r}, '-parent', str(os.getpid())], stdout=subprocess.DEVNULL);"
+        "print(p.pid, flush=True)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+    pid = int(out.stdout)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.1)
+    assert not alive(pid), "the front outlived its worker"
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its new parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_port_held_by_another_program_is_refused(
+    worker_socket: tuple[socket.socket, Path],
+) -> None:
+    listener, path = worker_socket
+    threading.Thread(target=listener.accept, daemon=True).start()
+    with socket.socket() as taken:  # no SO_REUSEPORT: nobody may share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        front = start_front(path, taken.getsockname()[1])
+        output, _ = front.communicate(timeout=10)
+    assert front.returncode != 0
+    assert b"cannot bind the gRPC port" in output
