@@ -416,19 +416,31 @@ def protocols(store: str, work: Path, seconds: int, connections: int) -> None:
             cpu = tree_cpu_seconds(started.pid) - cpu
             rows.append((name, ok, p50, p99, errors, ok * seconds / cpu))
         figures = locust_figures(data, grpc_target, seconds, work)
+    # The same server with gRPC on grpc.aio in the worker (the fallback without gateway-grpc).
+    server.env["GATEWAY_GRPC_SERVER"] = "python"
+    with running(server, work / "gateway-protocols-grpc-aio.log") as started:
+        grpc_load(grpc_target, 3, connections)  # warm-up
+        cpu = tree_cpu_seconds(started.pid)
+        ok, p50, p99, errors = grpc_load(grpc_target, seconds, connections)
+        cpu = tree_cpu_seconds(started.pid) - cpu
+        rows.append(("OIP, gRPC on grpc.aio (grpc_load)", ok, p50, p99, errors, ok * seconds / cpu))
     header = (
-        f"{'protocol':<28}{'ok req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'req/CPU-s':>11}"
+        f"{'protocol':<36}{'ok req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'req/CPU-s':>11}"
     )
     print(header)
     print("-" * len(header))
     for name, ok, p50, p99, errors, per_cpu in rows:
-        print(f"{name:<28}{ok:>10.0f}{p50:>9.1f}{p99:>9.1f}{errors:>8}{per_cpu:>11.0f}")
+        print(f"{name:<36}{ok:>10.0f}{p50:>9.1f}{p99:>9.1f}{errors:>8}{per_cpu:>11.0f}")
     by = {row[0].split(" (")[0]: row for row in rows}
-    grpc_row, http_row = by["OIP, gRPC"], by["business JSON, HTTP"]
-    print(
-        f"OIP gRPC / business JSON HTTP: {grpc_row[1] / http_row[1]:.2f}x req/s, "
-        f"{grpc_row[5] / http_row[5]:.2f}x per server CPU second (per core)"
-    )
+    http_row = by["business JSON, HTTP"]
+    for label, grpc_row in (
+        ("OIP gRPC", by["OIP, gRPC"]),
+        ("OIP gRPC on grpc.aio", by["OIP, gRPC on grpc.aio"]),
+    ):
+        print(
+            f"{label} / business JSON HTTP: {grpc_row[1] / http_row[1]:.2f}x req/s, "
+            f"{grpc_row[5] / http_row[5]:.2f}x per server CPU second (per core)"
+        )
     print(f"\nlocust, same server, {seconds} s per user class, {connections} users, one process")
     header = f"{'user class':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'failures':>10}"
     print(header)
