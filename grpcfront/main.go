@@ -7,14 +7,7 @@
 // error mapping) stays in the worker's Python code; this program only moves bytes. Calls that
 // arrive while the worker is busy leave in one write, so the worker reads many per wake-up.
 //
-// Frames on the socket, big-endian:
-//
-//	to the worker:   u32 length | u64 call id | u8 method length | method | request bytes
-//	from the worker: u32 length | u64 call id | u8 status code | u32 details length |
-//	                 u32 metadata length | details | metadata | response bytes
-//
-// where length counts the bytes after it and metadata is "key\x00value\x00" pairs (headers
-// sent before a refusal, such as retry-after).
+// The frames on the socket are laid out in gateway/oip/frames.py.
 package main
 
 import (
