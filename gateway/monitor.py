@@ -69,7 +69,6 @@ class DriftMonitor:
         served: Callable[[], LoadedModel],
         alert: Alert,
         *,
-        compare: Callable[..., Any] | None = None,
         executor: Executor | None = None,
     ) -> None:
         self.settings = settings
@@ -78,7 +77,7 @@ class DriftMonitor:
         self.served = served
         self.alert = alert
         self.reports = settings.state_dir / "reports"
-        self.compare: Callable[..., Any] = compare or drift.compare
+        self.compare: Callable[..., Any] = drift.compare
         """The drift computation (default: ``trainers.drift.compare``)."""
         self.render: Callable[..., Any] = drift.render
         """The HTML report of a window (``trainers.drift.render``)."""
