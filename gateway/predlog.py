@@ -6,12 +6,12 @@ The request path serializes its answered objects (one pydantic call) and appends
 bounded buffer (a full buffer drops the samples and counts them; it never blocks). Bytes are not
 tracked by Python's garbage collector: buffering the objects themselves kept every request's
 input and answer alive until the next flush, which made the collector run dozens of times as
-often on a busy worker (more CPU than the log's own work). A writer thread joins the buffer
-and inserts it in one statement: SQLite unpacks the batch itself (``json_each``), so the insert
-runs without the GIL from start to end. (Row by row, ``executemany`` gives the GIL back and
-waits for it again at every row; on a busy worker each wait can last the interpreter's 5 ms
-switch interval. Handing the batch to a child process that inserts it was tried too: the same
-throughput, one more process.)
+often on a busy worker, and a full buffer holds bytes rather than objects. A writer thread joins
+the buffer and inserts it in one statement: SQLite unpacks the batch itself (``json_each``), so
+the insert runs without the GIL from start to end. (Row by row, ``executemany`` gives the GIL
+back and waits for it again at every row; on a busy worker each wait can last the interpreter's
+5 ms switch interval. Handing the batch to a child process that inserts it was tried too: the
+same throughput, one more process.)
 
 Request ids are time-ordered (see ``request_ids``), so the primary key grows at its end; random
 UUIDs cost about twice the CPU per insert, spent updating pages all over the index.

@@ -637,33 +637,45 @@ def measure_rounds(
     """(ok req/s, requests per CPU-second of the server's process tree) of each round's run,
     monitor on (True) and off; ``servers`` holds each server with its root pid."""
     rates: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
-    own_total = cpu_total = 0.0
+    log_total = drift_total = cpu_total = 0.0
     for i in range(rounds):
         for loop in (True, False) if i % 2 == 0 else (False, True):
             server, root = servers[loop]
             pause(servers[not loop][1])
             resume(root)
             wrk(server.predict, bodies, 3, connections)  # warm-up
-            cpu, own = tree_cpu_seconds(root), loop_cpu_seconds(server, root)
+            cpu, (log, drift) = tree_cpu_seconds(root), loop_cpu_seconds(server, root)
             ok, p50, p99, errors = wrk(server.predict, bodies, seconds, connections)
-            cpu, own = tree_cpu_seconds(root) - cpu, loop_cpu_seconds(server, root) - own
+            cpu = tree_cpu_seconds(root) - cpu
+            log_now, drift_now = loop_cpu_seconds(server, root)
+            log, drift = log_now - log, drift_now - drift
             per_cpu = ok * seconds / cpu
             rates[loop].append((ok, per_cpu))
             if loop:
-                own_total, cpu_total = own_total + own, cpu_total + cpu
+                log_total, drift_total, cpu_total = (
+                    log_total + log,
+                    drift_total + drift,
+                    cpu_total + cpu,
+                )
             print(
                 f"round {i + 1}  {server.name:<22}{ok:>8.0f} req/s  {per_cpu:>6.0f} req/CPU-s  "
                 f"p50 {p50:5.1f} ms  p99 {p99:6.1f} ms  errors {errors}"
-                + (f"  loop's own CPU {own / cpu:.1%}" if loop else "")
+                + (
+                    f"  loop's own CPU: log {log / cpu:.1%}, drift {drift / cpu:.1%}"
+                    if loop
+                    else ""
+                )
             )
         (on_ok, on_cpu), (off_ok, off_cpu) = rates[True][-1], rates[False][-1]
         print(
             f"round {i + 1}  on / off = {on_ok / off_ok:.3f}x req/s, "
             f"{on_cpu / off_cpu:.3f}x req per CPU-s"
         )
+    own_total = log_total + drift_total
     print(
-        f"the loop's own CPU (prediction log writers and drift process) with the monitor on: "
-        f"{own_total:.1f} of the server's {cpu_total:.1f} CPU-s ({own_total / cpu_total:.1%})"
+        f"the loop's own CPU with the monitor on: {own_total:.1f} of the server's {cpu_total:.1f} "
+        f"CPU-s ({own_total / cpu_total:.1%}: prediction log {log_total / cpu_total:.1%}, "
+        f"drift process {drift_total / cpu_total:.1%})"
     )
     return rates
 
@@ -681,12 +693,12 @@ def pin_workers(root: int) -> None:
                 os.sched_setaffinity(int(task.name), {cores[i % len(cores)]})
 
 
-def loop_cpu_seconds(server: Server, root: int) -> float:
-    """CPU seconds the loop has spent on its own so far: the prediction log's writer threads
-    (the gateway counts them) and the drift process."""
+def loop_cpu_seconds(server: Server, root: int) -> tuple[float, float]:
+    """CPU seconds the loop has spent on its own so far: the prediction log's (the gateway
+    counts them) and the drift process's."""
     base = server.predict.rsplit("/", 1)[0]
     log = metric_total(base, "gateway_prediction_log_cpu_seconds_total")
-    return log + drift_process_cpu(root)
+    return log, drift_process_cpu(root)
 
 
 def drift_process_cpu(root: int) -> float:
