@@ -408,22 +408,24 @@ def protocols(store: str, work: Path, seconds: int, connections: int) -> None:
     }
     print(f"\nprotocols: 1 worker, {connections} in flight, one object per call, {seconds} s each")
     rows = []
+
+    def measure(
+        name: str, load: Callable[[int], tuple[float, float, float, int]], pid: int
+    ) -> None:
+        load(3)  # warm-up
+        cpu = tree_cpu_seconds(pid)
+        ok, p50, p99, errors = load(seconds)
+        cpu = tree_cpu_seconds(pid) - cpu
+        rows.append((name, ok, p50, p99, errors, ok * seconds / cpu))
+
     with running(server, work / "gateway-protocols.log") as started:
         for name, load in loads.items():
-            load(3)  # warm-up
-            cpu = tree_cpu_seconds(started.pid)
-            ok, p50, p99, errors = load(seconds)
-            cpu = tree_cpu_seconds(started.pid) - cpu
-            rows.append((name, ok, p50, p99, errors, ok * seconds / cpu))
+            measure(name, load, started.pid)
         figures = locust_figures(data, grpc_target, seconds, work)
     # The same server with gRPC on grpc.aio in the worker (the fallback without gateway-grpc).
     server.env["GATEWAY_GRPC_SERVER"] = "python"
     with running(server, work / "gateway-protocols-grpc-aio.log") as started:
-        grpc_load(grpc_target, 3, connections)  # warm-up
-        cpu = tree_cpu_seconds(started.pid)
-        ok, p50, p99, errors = grpc_load(grpc_target, seconds, connections)
-        cpu = tree_cpu_seconds(started.pid) - cpu
-        rows.append(("OIP, gRPC on grpc.aio (grpc_load)", ok, p50, p99, errors, ok * seconds / cpu))
+        measure("OIP, gRPC on grpc.aio (grpc_load)", loads["OIP, gRPC (grpc_load)"], started.pid)
     header = (
         f"{'protocol':<36}{'ok req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'req/CPU-s':>11}"
     )

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import grpc
 import pytest
 
 from gateway.oip import frames
-from tests.helpers import VENV_BIN, free_port
+from tests.helpers import VENV_BIN, free_port, wait_until
 
 FRONT = VENV_BIN / "gateway-grpc"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -29,9 +28,8 @@ Answer = tuple[int, str, list[tuple[str, str]], bytes]  # code, details, header,
 
 @dataclass
 class Worker:
-    """A listening Unix socket that answers each call with ``reply(method, request)``."""
+    """The worker's end of the link: answers each call with ``reply(method, request)``."""
 
-    path: Path
     reply: Callable[[str, bytes], Answer]
     seen: list[tuple[str, bytes]] = field(default_factory=list)
     conn: socket.socket | None = None
@@ -69,7 +67,7 @@ def running(
     listener: socket.socket, path: Path, reply: Callable[[str, bytes], Answer]
 ) -> Iterator[tuple[Worker, subprocess.Popen[bytes], grpc.Channel]]:
     """The front on a free port with ``reply`` as its worker; yields a channel to it."""
-    worker = Worker(path, reply)
+    worker = Worker(reply)
     thread = threading.Thread(target=worker.serve, args=(listener,), daemon=True)
     thread.start()
     port = free_port()
@@ -159,10 +157,7 @@ def test_the_front_ends_when_its_worker_process_is_gone(
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
     pid = int(out.stdout)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and alive(pid):
-        time.sleep(0.1)
-    assert not alive(pid), "the front outlived its worker"
+    wait_until(lambda: not alive(pid), 10, "the front exiting after its worker")
 
 
 def alive(pid: int) -> bool:
