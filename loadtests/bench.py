@@ -654,11 +654,9 @@ def measure_rounds(
             per_cpu = ok * seconds / cpu
             rates[loop].append((ok, per_cpu))
             if loop:
-                log_total, drift_total, cpu_total = (
-                    log_total + log,
-                    drift_total + drift,
-                    cpu_total + cpu,
-                )
+                log_total += log
+                drift_total += drift
+                cpu_total += cpu
             print(
                 f"round {i + 1}  {server.name:<22}{ok:>8.0f} req/s  {per_cpu:>6.0f} req/CPU-s  "
                 f"p50 {p50:5.1f} ms  p99 {p99:6.1f} ms  errors {errors}"
