@@ -2,16 +2,18 @@
 back for it later, and the alerts and retrains of the loop — one SQLite file (WAL) shared by the
 workers of a serve.
 
-The request path serializes its answered objects (one pydantic call) and appends the bytes to a
-bounded buffer (a full buffer drops the samples and counts them; it never blocks). Bytes are not
-tracked by Python's garbage collector: buffering the objects themselves kept every request's
-input and answer alive until the next flush, which made the collector run dozens of times as
-often on a busy worker, and a full buffer holds bytes rather than objects. A writer thread joins
-the buffer and inserts it in one statement: SQLite unpacks the batch itself (``json_each``), so
-the insert runs without the GIL from start to end. (Row by row, ``executemany`` gives the GIL
-back and waits for it again at every row; on a busy worker each wait can last the interpreter's
-5 ms switch interval. Handing the batch to a child process that inserts it was tried too: the
-same throughput, one more process.)
+The request path serializes each answered object (pydantic's own serializer, once per object)
+and appends the strings to a bounded buffer (a full buffer drops the samples and counts them; it
+never blocks). Strings are not tracked by Python's garbage collector: buffering the objects
+themselves kept every request's input and answer alive until the next flush, which made the
+collector run dozens of times as often on a busy worker, and a full buffer holds text rather than
+objects. A writer thread inserts the buffer in one transaction of multi-row ``VALUES``
+statements: the rows are bound once, and SQLite then runs without the GIL from start to end.
+(Row by row, ``executemany`` gives the GIL back and waits for it again at every row; on a busy
+worker each wait can last the interpreter's 5 ms switch interval. Passing the batch as one JSON
+array that SQLite unpacks with ``json_each`` parses every row again and costs twice the CPU per
+row. Handing the batch to a child process that inserts it was tried too: the same throughput,
+one more process.)
 
 Request ids are time-ordered (see ``request_ids``), so the primary key grows at its end; random
 UUIDs cost about twice the CPU per insert, spent updating pages all over the index.
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 
 from gateway.metrics import GatewayMetrics
 
@@ -59,12 +61,8 @@ CREATE TABLE IF NOT EXISTS retrains (
 """
 FLUSH_S = 0.2
 TIMED_OFFERS = 8
-INSERT = (
-    "INSERT OR IGNORE INTO predictions (request_id, ts, model, version, input, output) "
-    "SELECT json_extract(value, '$[0]'), ?, ?, ?, json_extract(value, '$[1]'), "
-    "json_extract(value, '$[2]') FROM json_each(?)"
-)
-_BATCH = TypeAdapter(list[tuple[str, Any, Any]])  # (request id, input, answer) per object
+COLUMNS = 3  # bound per row: request id, input, output
+CHUNK = 256  # rows per statement at most; a flush's remainder goes in power-of-two statements
 
 
 class _Ids:
@@ -111,13 +109,33 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class _Pending:
-    """Serialized objects of one (model, version) waiting for the writer."""
+@functools.lru_cache(maxsize=16)
+def insert(rows: int) -> str:
+    """The statement that inserts ``rows`` rows: ts, model and version, then the rows' columns."""
+    values = ",".join(["(?,?,?)"] * rows)
+    return (
+        "INSERT OR IGNORE INTO predictions (ts, model, version, request_id, input, output) "
+        f"SELECT ?, ?, ?, column1, column2, column3 FROM (VALUES {values})"
+    )
 
-    __slots__ = ("chunks", "count")
+
+def statements(rows: int) -> list[int]:
+    """Rows per statement for ``rows`` rows: CHUNK while it fits, then powers of two, so a
+    handful of statement shapes (all in the connection's statement cache) cover any flush."""
+    sizes = [CHUNK] * (rows // CHUNK)
+    rest = rows % CHUNK
+    sizes += [1 << bit for bit in reversed(range(CHUNK.bit_length())) if rest & (1 << bit)]
+    return sizes
+
+
+class _Pending:
+    """Serialized objects of one (model, version) waiting for the writer: request id, input
+    and output of each, one after the other."""
+
+    __slots__ = ("columns", "count")
 
     def __init__(self) -> None:
-        self.chunks: list[bytes] = []
+        self.columns: list[str] = []
         self.count = 0
 
 
@@ -160,9 +178,13 @@ class PredictionLog:
         # costs about a microsecond); wall time would also count waits for the GIL.
         timed = next(self._offers) % TIMED_OFFERS == 0
         started = time.thread_time() if timed else 0.0
-        rows = zip(request_ids[:count], items[:count], answers[:count], strict=True)
+        columns: list[str] = []
         try:
-            chunk = _BATCH.dump_json(list(rows))[1:-1]  # the rows, without the list's brackets
+            rows = zip(request_ids[:count], items[:count], answers[:count], strict=True)
+            for rid, item, answer in rows:
+                inputs = item.__pydantic_serializer__.to_json(item)
+                output = answer.__pydantic_serializer__.to_json(answer)
+                columns += (rid, inputs.decode(), output.decode())
         except Exception:
             log.exception("could not serialize %d predictions for the log", count)
             self.metrics.safely(lambda: self.metrics.monitor_errors.labels("log").inc())
@@ -172,7 +194,7 @@ class PredictionLog:
             pending = self._pending.get((model, version))
             if pending is None:
                 pending = self._pending[(model, version)] = _Pending()
-            pending.chunks.append(chunk)
+            pending.columns += columns
             pending.count += count
             self._queued += count
             if timed:
@@ -201,14 +223,27 @@ class PredictionLog:
     def _write(self, batch: dict[tuple[str, str], _Pending], now: float) -> None:
         for (model, version), pending in batch.items():  # one unless a swap happened meanwhile
             try:
-                rows = b"[" + b",".join(pending.chunks) + b"]"
                 with self._lock:
-                    self._conn.execute(INSERT, (now, model, version, rows.decode()))
+                    self._insert(now, model, version, pending.columns)
             except Exception:
                 log.exception("could not write %d predictions to %s", pending.count, self.path)
                 self.metrics.safely(lambda: self.metrics.monitor_errors.labels("log").inc())
                 lost = functools.partial(self.metrics.samples_dropped.inc, pending.count)
                 self.metrics.safely(lost)
+
+    def _insert(self, now: float, model: str, version: str, columns: list[str]) -> None:
+        conn, start = self._conn, 0
+        conn.execute("BEGIN")
+        try:
+            for rows in statements(len(columns) // COLUMNS):
+                end = start + rows * COLUMNS
+                conn.execute(insert(rows), (now, model, version, *columns[start:end]))
+                start = end
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def close(self) -> None:
         self._stopping = True

@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from gateway.metrics import GatewayMetrics
-from gateway.predlog import PredictionLog, request_ids
+from gateway.predlog import CHUNK, PredictionLog, request_ids, statements
 
 
 class Review(BaseModel):
@@ -101,6 +101,34 @@ def test_a_flush_writes_each_object_with_its_version(
     assert counted(metrics, "gateway_prediction_log_cpu_seconds_total") > 0
 
 
+@pytest.mark.parametrize("rows", [1, CHUNK - 1, CHUNK, 2 * CHUNK + 37])
+def test_rows_per_statement_cover_a_flush_in_few_shapes(rows: int) -> None:
+    sizes = statements(rows)
+    assert sum(sizes) == rows
+    assert all(size == CHUNK or (size < CHUNK and size & (size - 1) == 0) for size in sizes)
+    assert len(sizes) - sizes.count(CHUNK) <= CHUNK.bit_length()
+
+
+def test_a_flush_larger_than_one_statement_keeps_every_row_in_order(
+    tmp_path: Path, metrics: GatewayMetrics
+) -> None:
+    log = PredictionLog(tmp_path / "predictions.db", capacity=10_000, metrics=metrics)
+    try:
+        answer = Verdict(sentiment="positive", confidence=0.5)
+        ids = request_ids(2 * CHUNK + 37)
+        for start in range(0, len(ids), 100):
+            part = ids[start : start + 100]
+            items = [Review(text=f"review {start + i}", stars=i % 5) for i in range(len(part))]
+            log.offer("reviews", "1", part, items, [answer] * len(part))
+        log.flush()
+        rows = log.window("reviews", "1", after=0, size=len(ids))
+    finally:
+        log.close()
+    assert [row.request_id for row in rows] == ids
+    assert [row.input["text"] for row in rows] == [f"review {i}" for i in range(len(ids))]
+    assert {row.version for row in rows} == {"1"}
+
+
 def test_a_full_buffer_drops_and_counts(
     predictions: PredictionLog, metrics: GatewayMetrics
 ) -> None:
@@ -135,7 +163,7 @@ def test_a_failed_write_is_counted_and_the_log_goes_on(
 
 
 def test_queued_objects_are_kept_serialized_not_referenced(predictions: PredictionLog) -> None:
-    """The buffer holds bytes: a request's objects are freed when it ends, not at the next
+    """The buffer holds text: a request's objects are freed when it ends, not at the next
     flush (objects kept alive in bulk make the garbage collector run all the time)."""
     item, answer = Review(text="kept?"), Verdict(sentiment="negative", confidence=0.5)
     before = sys.getrefcount(item), sys.getrefcount(answer)
