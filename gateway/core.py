@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.batching import Batcher, BatchStats
+from gateway.batching import Batcher, BatchStats, check_outputs
 from gateway.device import Device, make_device
 from gateway.errors import BadRequest, InvalidInput, InvalidTensor, Unavailable
 from gateway.loop import RetrainLoop
@@ -26,6 +26,7 @@ from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Answer = tuple[BaseModel, str]  # an answered object and its request id
 
 
 def _refuse_constant(name: str) -> float:
@@ -53,17 +54,19 @@ class Served:
         settings: GatewaySettings,
         metrics: GatewayMetrics,
         device: Device,
+        predictions: PredictionLog | None = None,
     ) -> None:
         self.model = model
         self.metrics = metrics
         self.device = device
+        self.predictions = predictions
         self.lineage = {
             "model_name": model.name,
             "model_version": model.version,
             "run_id": model.run_id,
         }
         self.outcome = outcome_field(model.output_model)
-        self.batcher: Batcher[BaseModel, BaseModel] = Batcher(
+        self.batcher: Batcher[BaseModel, Answer] = Batcher(
             self.run_batch,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.batch_wait_ms / 1000,
@@ -72,18 +75,24 @@ class Served:
             in_flight=device.in_flight,
         )
 
-    def run_batch(self, items: list[BaseModel]) -> list[BaseModel]:
-        """The batch thread's work: the pipeline's stages, each timed; the forward pass runs
-        where the device arrangement says (this worker, or the shared device batcher)."""
-        predictor, metrics = self.model.predictor, self.metrics
+    def run_batch(self, items: list[BaseModel]) -> list[Answer]:
+        """The batch thread's work: the pipeline's stages, each timed (the forward pass runs
+        where the device arrangement says: this worker, or the shared device batcher); then
+        request ids for the answers, and the whole batch to the prediction log in one offer
+        (never blocking), which costs far less per object than one offer per request."""
+        model, metrics = self.model, self.metrics
         with metrics.timed("preprocess"):
-            features = predictor.preprocess(items)
+            features = model.predictor.preprocess(items)
         with metrics.timed("model"):
-            raw = self.device.forward(self.model, features, len(items))
+            raw = self.device.forward(model, features, len(items))
         with metrics.timed("postprocess"):
-            outputs: list[BaseModel] = predictor.postprocess(raw, items)
+            outputs: list[BaseModel] = model.predictor.postprocess(raw, items)
+        check_outputs(items, outputs)
+        ids = request_ids(len(items))
+        if self.predictions is not None:
+            self.predictions.offer(model.name, model.version, ids, items, outputs)
         self.metrics.safely(lambda: self.count(outputs))
-        return outputs
+        return list(zip(outputs, ids, strict=True))
 
     def count(self, outputs: list[BaseModel]) -> None:
         counts: dict[str, int] = {}
@@ -168,7 +177,9 @@ class GatewayCore:
         if not settings.log_predictions:
             return
         path = settings.state_dir / "predictions.db"
-        self.predictions = PredictionLog(path, settings.log_buffer, metrics)
+        self.predictions = self.served.predictions = PredictionLog(
+            path, settings.log_buffer, metrics
+        )
         current = self._current_model
         self.retrains = RetrainLoop(settings, metrics, self.predictions, current, self.swap)
         if settings.drift_enabled:
@@ -187,9 +198,9 @@ class GatewayCore:
         served = self.served
         with self.metrics.timed("validate"):
             items = self._checked(validate, served.model)
-        answers = await served.batcher.submit(items)
-        request_ids = self._keep(served.model, items, answers)
-        return Answered(served.model, served.lineage, answers, request_ids)
+        answered = await served.batcher.submit(items)
+        answers = [answer for answer, _ in answered]
+        return Answered(served.model, served.lineage, answers, [rid for _, rid in answered])
 
     async def predict_one(self, payload: Any) -> dict[str, Any]:
         answered = await self.answer(lambda model: [validate_one(model, payload)])
@@ -207,15 +218,6 @@ class GatewayCore:
             "request_ids": answered.request_ids,
             **answered.lineage,
         }
-
-    def _keep(
-        self, model: LoadedModel, items: list[BaseModel], answers: list[BaseModel]
-    ) -> list[str]:
-        """Request ids for the answers, which go to the prediction log (never blocking)."""
-        ids = request_ids(len(items))
-        if self.predictions is not None:
-            self.predictions.offer(model.name, model.version, ids, items, answers)
-        return ids
 
     def feedback(self, payload: Any) -> dict[str, Any]:
         """Ground truth for past answers: ``{"request_id": ..., "label": ...}`` or a list of
@@ -264,7 +266,7 @@ class GatewayCore:
                 return {"swapped": False, **current.lineage}
             self._refused = None
             self.device.offer(model)
-            fresh = Served(model, self.settings, self.metrics, self.device)
+            fresh = Served(model, self.settings, self.metrics, self.device, self.predictions)
             fresh.batcher.start()
             self.served = fresh
             self._show(model, 1)

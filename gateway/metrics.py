@@ -144,8 +144,8 @@ class GatewayMetrics:
         )
         self.log_cpu = Counter(
             "gateway_prediction_log_cpu_seconds_total",
-            "CPU seconds the prediction log spent: serialising answered objects in the request "
-            "path, inserting them in its writer threads",
+            "CPU seconds the prediction log spent: serialising answered batches in the batch "
+            "thread, inserting them in its writer thread",
             registry=r,
         )
         self.monitor_errors = Counter(
