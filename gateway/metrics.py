@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import typing
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from prometheus_client import (
@@ -23,6 +23,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.context_managers import Timer
 from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel
 
@@ -48,6 +49,8 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._served: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._stages: dict[str, Histogram] = {}
         self.requests = Counter(
             "gateway_requests_total",
             "Requests by endpoint and HTTP status code (gRPC calls: by method path, with the HTTP "
@@ -258,13 +261,21 @@ class GatewayMetrics:
 
     def served(self, endpoint: str, status: int, elapsed: float) -> None:
         """One request answered (or refused) by ``endpoint``."""
-        self.requests.labels(endpoint, str(status)).inc()
-        self.request_seconds.labels(endpoint).observe(elapsed)
+        series = self._served.get((endpoint, status))
+        if series is None:  # looking labels up costs more than recording: once per pair
+            series = self._served[(endpoint, status)] = (
+                self.requests.labels(endpoint, str(status)),
+                self.request_seconds.labels(endpoint),
+            )
+        series[0].inc()
+        series[1].observe(elapsed)
 
-    @contextmanager
-    def timed(self, stage: str) -> Iterator[None]:
-        with self.stage_seconds.labels(stage).time():
-            yield
+    def timed(self, stage: str) -> Timer:
+        """Time a ``with`` block as ``stage`` of the pipeline."""
+        series = self._stages.get(stage)
+        if series is None:
+            series = self._stages[stage] = self.stage_seconds.labels(stage)
+        return series.time()
 
     def exposition(self) -> tuple[bytes, str]:
         """All workers' samples when running under a multiprocess directory, else this one's."""

@@ -141,23 +141,23 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def _inputs(request: Any) -> list[Tensor]:
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    # Slicing a protobuf repeated field copies it into a list in one call (faster than list()).
+    raw, inputs = request.raw_input_contents[:], request.inputs[:]
+    if raw and len(raw) != len(inputs):
         raise InvalidTensor(
             "raw_input_contents",
-            f"{len(raw)} entries for {len(request.inputs)} inputs; expected one per input",
+            f"{len(raw)} entries for {len(inputs)} inputs; expected one per input",
         )
     tensors = []
-    for i, given in enumerate(request.inputs):
-        shape = list(given.shape)
+    for i, given in enumerate(inputs):
+        name, datatype, shape = given.name, given.datatype, given.shape[:]
         if raw:
-            tensors.append(from_buffer(given.name, given.datatype, shape, raw[i]))
+            tensors.append(from_buffer(name, datatype, shape, raw[i]))
             continue
-        field = CONTENTS.get(given.datatype)
+        field = CONTENTS.get(datatype)
         if field is None:
-            raise InvalidTensor(given.name, f"unsupported datatype {given.datatype!r}")
-        values = list(getattr(given.contents, field))
-        tensors.append(Tensor(given.name, given.datatype, shape, values))
+            raise InvalidTensor(name, f"unsupported datatype {datatype!r}")
+        tensors.append(Tensor(name, datatype, shape, getattr(given.contents, field)[:]))
     return tensors
 
 

@@ -16,6 +16,7 @@ The wire formats (JSON ``data``, Triton's binary extension, gRPC ``contents`` an
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import struct
 import types
@@ -44,6 +45,20 @@ NUMPY_TYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype("<f2"),
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
+}
+STRUCT_CODES = {  # the same little-endian layouts for ``struct``: cheaper for a few values
+    "BOOL": "?",
+    "INT8": "b",
+    "INT16": "h",
+    "INT32": "i",
+    "INT64": "q",
+    "UINT8": "B",
+    "UINT16": "H",
+    "UINT32": "I",
+    "UINT64": "Q",
+    "FP16": "e",
+    "FP32": "f",
+    "FP64": "d",
 }
 INTEGER_TYPES = frozenset(t for t in NUMPY_TYPES if "INT" in t)
 NUMBER_TYPES = INTEGER_TYPES | {"FP16", "FP32", "FP64"}
@@ -134,26 +149,23 @@ class Signature:
         return cls(specs_of(input_model), outputs)
 
     # -- requests -----------------------------------------------------------------------------
+    @functools.cached_property
+    def known_inputs(self) -> dict[str, TensorSpec]:
+        return {spec.name: spec for spec in self.inputs}
+
     def objects(self, tensors: Sequence[Tensor], max_objects: int) -> list[dict[str, Any]]:
         """The business objects (as plain dicts, not yet validated) the tensors describe."""
-        known = {spec.name: spec for spec in self.inputs}
-        by_name: dict[str, Tensor] = {}
+        known = self.known_inputs
+        columns: dict[str, list[Any]] = {}
+        count = None
         for tensor in tensors:
-            if tensor.name not in known:
+            spec = known.get(tensor.name)
+            if spec is None:
                 raise InvalidTensor(
                     tensor.name, f"unknown input; expected one of {', '.join(known)}"
                 )
-            if tensor.name in by_name:
+            if tensor.name in columns:
                 raise InvalidTensor(tensor.name, "given twice")
-            by_name[tensor.name] = tensor
-        missing = [s.name for s in self.inputs if s.name not in by_name and not s.optional]
-        if missing:
-            raise InvalidTensor(missing[0], "required input is missing")
-        if not by_name:
-            raise InvalidTensor("inputs", "expected at least one input tensor")
-        count = None
-        for tensor in by_name.values():
-            spec = known[tensor.name]
             n = _batch(tensor, max_objects)
             if count is not None and n != count:
                 raise InvalidTensor(
@@ -165,11 +177,17 @@ class Signature:
                 raise InvalidTensor(
                     tensor.name, f"datatype {tensor.datatype} where {expected} is expected"
                 )
-        assert count is not None
+            columns[tensor.name] = _plain(spec, tensor)
+        missing = [s.name for s in self.inputs if s.name not in columns and not s.optional]
+        if missing:
+            raise InvalidTensor(missing[0], "required input is missing")
+        if count is None:
+            raise InvalidTensor("inputs", "expected at least one input tensor")
+        if count == 1:  # the common case: one object per call
+            return [{name: v[0] for name, v in columns.items() if v[0] is not _ABSENT}]
         rows: list[dict[str, Any]] = [{} for _ in range(count)]
-        for name, tensor in by_name.items():
-            spec = known[name]
-            for row, value in zip(rows, _plain(spec, tensor), strict=True):
+        for name, values in columns.items():
+            for row, value in zip(rows, values, strict=True):
                 if value is not _ABSENT:
                     row[name] = value
         return rows
@@ -273,7 +291,7 @@ def from_buffer(name: str, datatype: str, shape: list[int], raw: bytes) -> Tenso
         dtype = NUMPY_TYPES[datatype]
         if len(raw) != numel * dtype.itemsize:
             raise InvalidTensor(name, f"{len(raw)} bytes of data for {numel} {datatype} elements")
-        values = np.frombuffer(raw, dtype=dtype).tolist()
+        values = list(struct.unpack(f"<{numel}{STRUCT_CODES[datatype]}", raw))
     else:
         raise InvalidTensor(name, f"unsupported datatype {datatype}")
     return Tensor(name, datatype, shape, values)
@@ -301,7 +319,10 @@ def to_buffer(datatype: str, values: Sequence[Any]) -> bytes:
             parts.append(struct.pack("<I", len(data)))
             parts.append(data)
         return b"".join(parts)
-    return np.asarray(values, dtype=NUMPY_TYPES[datatype]).tobytes()
+    try:
+        return struct.pack(f"<{len(values)}{STRUCT_CODES[datatype]}", *values)
+    except (struct.error, OverflowError, TypeError):  # None as NaN, floats beyond FP32: numpy's way
+        return np.asarray(values, dtype=NUMPY_TYPES[datatype]).tobytes()
 
 
 def flatten(name: str, data: Any) -> list[Any]:
