@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The native gRPC front (grpcfront/, Go): Debian's Go and gRPC packages, built offline. Without
-# it the workers serve gRPC from Python's grpc.aio server, at about 60 % of the throughput per core.
+# it the workers serve gRPC from Python's grpc.aio server, at under half the throughput per core.
 FRONT := $(BIN)/gateway-grpc
 $(FRONT): grpcfront/main.go | $(STAMP)
 	command -v go >/dev/null && test -d /usr/share/gocode/src/google.golang.org/grpc \
