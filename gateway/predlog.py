@@ -9,13 +9,12 @@ request costs about a third as much per object. Strings are not tracked by Pytho
 collector: buffering the objects themselves kept every request's input and answer alive until the
 next flush, which made the collector run dozens of times as often on a busy worker, and a full
 buffer holds text rather than objects. A writer thread inserts the buffer in one transaction of
-multi-row ``VALUES`` statements: the rows are bound once, and SQLite then runs without the GIL
-from start to end.
-(Row by row, ``executemany`` gives the GIL back and waits for it again at every row; on a busy
-worker each wait can last the interpreter's 5 ms switch interval. Passing the batch as one JSON
-array that SQLite unpacks with ``json_each`` parses every row again and costs twice the CPU per
-row. Handing the batch to a child process that inserts it was tried too: the same throughput,
-one more process.)
+multi-row ``VALUES`` statements (up to CHUNK rows each): a statement's rows are bound at once, and
+SQLite then runs it without the GIL. (Row by row, ``executemany`` gives the GIL back and waits
+for it again at every row; on a busy worker each wait can last the interpreter's 5 ms switch
+interval. Passing the batch as one JSON array that SQLite unpacks with ``json_each`` parses
+every row again and costs twice the CPU per row. Handing the batch to a child process that
+inserts it was tried too: the same throughput, one more process.)
 
 Request ids are time-ordered (see ``request_ids``), so the primary key grows at its end; random
 UUIDs cost about twice the CPU per insert, spent updating pages all over the index.
