@@ -322,7 +322,8 @@ def to_buffer(datatype: str, values: Sequence[Any]) -> bytes:
     try:
         return struct.pack(f"<{len(values)}{STRUCT_CODES[datatype]}", *values)
     except (struct.error, OverflowError, TypeError):  # None as NaN, floats beyond FP32: numpy's way
-        return np.asarray(values, dtype=NUMPY_TYPES[datatype]).tobytes()
+        with np.errstate(over="ignore"):  # beyond FP32 is infinite, as intended
+            return np.asarray(values, dtype=NUMPY_TYPES[datatype]).tobytes()
 
 
 def flatten(name: str, data: Any) -> list[Any]:

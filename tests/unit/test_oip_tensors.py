@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import pytest
 from pydantic import BaseModel
 
 from gateway.errors import InvalidTensor
 from gateway.oip.proto import stale
-from gateway.oip.tensors import Signature, Tensor, flatten, from_buffer, to_buffer
+from gateway.oip.tensors import (
+    NUMPY_TYPES,
+    Signature,
+    Tensor,
+    flatten,
+    from_buffer,
+    to_buffer,
+)
 from trainers.pipelines.loans import LoanApplication, LoanDecision
 from trainers.pipelines.reviews import MovieReview, SentimentAnswer
 
@@ -121,6 +130,41 @@ def test_wire_formats_round_trip() -> None:
         from_buffer("w", "BYTES", [1], to_buffer("BYTES", ["abc"])[:-1])
     assert flatten("x", [[1, 2], [3, [4]]]) == [1, 2, 3, 4]
     assert flatten("x", [1, 2]) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "values"),
+    [
+        ("FP32", [0.1, -2.5, 3e38]),
+        ("FP32", [None, 1e39]),  # what struct refuses numpy writes: NaN, inf
+        ("FP64", [0.1, 1e300]),
+        ("INT64", [-(2**63), 0, 2**63 - 1]),
+        ("INT32", [7, -7]),
+        ("BOOL", [True, False, True]),
+        ("UINT8", [0, 255]),
+    ],
+)
+def test_numbers_pack_as_numpy_lays_them_out(datatype: str, values: list[object]) -> None:
+    packed = to_buffer(datatype, values)
+    with np.errstate(over="ignore"):
+        assert packed == np.asarray(values, dtype=NUMPY_TYPES[datatype]).tobytes()
+    unpacked = from_buffer("x", datatype, [len(values)], packed).values
+    expected = np.frombuffer(packed, dtype=NUMPY_TYPES[datatype]).tolist()
+    assert nan_named(unpacked) == nan_named(expected)
+
+
+def nan_named(values: Sequence[object]) -> list[object]:
+    return ["NaN" if isinstance(v, float) and math.isnan(v) else v for v in values]
+
+
+def test_one_object_with_a_missing_optional_number() -> None:
+    single = {t.name: Tensor(t.name, t.datatype, [1], t.values[:1]) for t in loan_tensors()}
+    (row,) = LOANS.objects(list(single.values()), max_objects=1)
+    assert "existing_debt" not in row  # NaN: left to the schema's default
+    assert row["employment_status"] == "employed"
+    (item,) = LOANS.validate(LoanApplication, [row])
+    assert isinstance(item, LoanApplication)
+    assert item.existing_debt is None
 
 
 def test_a_field_without_a_tensor_datatype_is_named() -> None:
