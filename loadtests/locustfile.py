@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from locust import FastHttpUser, User, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
+from locust.runners import LocalRunner  # noqa: E402
 
 POOL_SIZE = 2000
 BULK_SIZE = 50
@@ -69,9 +70,17 @@ class Traffic:
         return random.choice(cls.objects)
 
 
+@events.init.add_listener  # type: ignore[untyped-decorator]
+def _prepare_before_the_clock(environment: Environment, runner: Any, **_: Any) -> None:
+    """A single-process run draws its pool before the run starts: ``test_start`` fires after
+    ``--run-time`` has begun counting, and the pool takes seconds (torch's import)."""
+    if isinstance(runner, LocalRunner):
+        Traffic.prepare(environment)
+
+
 @events.test_start.add_listener  # type: ignore[untyped-decorator]
 def _prepare(environment: Environment, **_: Any) -> None:
-    Traffic.prepare(environment)
+    Traffic.prepare(environment)  # a distributed worker, whose options arrive with the run
 
 
 def present(metadata: list[dict[str, Any]], item: dict[str, Any]) -> list[dict[str, Any]]:
