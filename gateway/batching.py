@@ -149,6 +149,8 @@ class Batcher(Generic[I, O]):
         entries = [_Pending[I, O](item, loop.create_future()) for item in items]
         self._pending.extend(entries)
         self._wake.set()
+        if len(entries) == 1:  # a single object, the common case: no gathering future needed
+            return [await entries[0].future]
         return list(await asyncio.gather(*(e.future for e in entries)))
 
     async def _loop(self) -> None:
