@@ -43,6 +43,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gateway.locks import held
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,13 @@ class Row:
 def connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
+    # Workers starting together open the log together. Switching a new file to WAL while
+    # another connection creates the schema makes SQLite answer "database is locked" at once,
+    # without waiting out the timeout, so the processes of this host set it up one at a time.
+    with held(f"{path}.setup-lock"):
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
     return conn
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -14,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from gateway.metrics import GatewayMetrics
-from gateway.predlog import CHUNK, PredictionLog, request_ids, statements
+from gateway.predlog import CHUNK, PredictionLog, connect, request_ids, statements
 
 
 class Review(BaseModel):
@@ -65,6 +66,31 @@ def test_a_forked_worker_draws_ids_of_its_own() -> None:
     mine = request_ids(100)
     assert {rid[13:23] for rid in child}.isdisjoint({rid[13:23] for rid in mine})
     assert set(child).isdisjoint(mine)
+
+
+def test_workers_opening_a_new_log_together_all_get_it(tmp_path: Path) -> None:
+    """Four processes open the same new log at one moment, fifteen times over: each opens it
+    (switching a new file to WAL while another process creates the schema is refused at once
+    by SQLite, which crashed a starting worker)."""
+    failures = []
+    for trial in range(15):
+        path = tmp_path / f"trial-{trial}" / "predictions.db"
+        start = time.monotonic() + 0.2
+        children = []
+        for _ in range(4):
+            pid = os.fork()
+            if pid == 0:  # the child: leave without running pytest's exit
+                while time.monotonic() < start:
+                    pass
+                try:
+                    connect(path).close()
+                except sqlite3.Error:
+                    os._exit(1)
+                os._exit(0)
+            children.append(pid)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+        failures += [(trial, code) for code in codes if code != 0]
+    assert failures == []
 
 
 def test_a_flush_writes_each_object_with_its_version(
