@@ -13,15 +13,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,6 +286,12 @@ def main() -> None:
     )
     parser.add_argument("--monitor-seconds", type=int, default=20)
     parser.add_argument("--monitor-rounds", type=int, default=8)
+    parser.add_argument(
+        "--monitor-aa",
+        action="store_true",
+        help="monitor part as an A/A run: both servers without log or monitor, to show the "
+        "bench's own bias and noise",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (make bench installs it with apt-get)")
@@ -321,6 +330,7 @@ def main() -> None:
             args.monitor_seconds,
             args.connections,
             rounds=args.monitor_rounds,
+            calibrate=args.monitor_aa,
         )
     if "loop" in args.parts:
         alert_to_serving(store, work, max(args.workers))
@@ -560,17 +570,32 @@ def perf_analyzer(grpc_target: str, data: str, work: Path) -> None:
 
 
 def monitor_cost(
-    store: str, work: Path, workers: int, seconds: int, connections: int, *, rounds: int
+    store: str,
+    work: Path,
+    workers: int,
+    seconds: int,
+    connections: int,
+    *,
+    rounds: int,
+    calibrate: bool = False,
 ) -> None:
     """The gateway as configured by default (prediction log on, a drift window every 30 s) vs
-    with neither, in steady state: both servers run side by side, and the monitor's drift process
-    has imported Evidently and evaluated a first window (under light load) before measuring
-    starts. Then ``rounds`` rounds, each loading one server and then the other (the order
-    alternating) while the server not under load is paused (SIGSTOP on its whole process tree,
-    drift process included) so that it takes no CPU from the one measured."""
+    with neither, in steady state, both loaded at the same time.
+
+    Both servers run side by side, their workers pinned one per core alike, and the monitor's
+    drift process has imported Evidently and evaluated a first window (under light load, the
+    other server paused) before measuring starts. Each round then loads both servers at once,
+    each with its own ``wrk``, so that whatever slows this machine down slows both alike. The
+    kernel shares each core between the two servers' workers, so a server's requests per second
+    depend on the share it got; its requests per CPU-second of its process tree (drift process
+    and log writer included) do not, and at saturation throughput is that rate times the cores.
+
+    With ``calibrate`` the first server runs without log and monitor too: an A/A run, whose
+    ratio shows the bench's own bias and noise."""
+    kind = "A/A: both without log or monitor" if calibrate else "monitor on vs off"
     print(
-        f"\nmonitor on vs off: {workers} worker(s), {connections} connections, {rounds} rounds "
-        f"of {seconds} s each"
+        f"\n{kind}: {workers} worker(s) each, {connections} connections each, {rounds} rounds of "
+        f"{seconds} s, both servers loaded at once"
     )
     from trainers.pipelines import get
 
@@ -580,7 +605,8 @@ def monitor_cost(
         for item in loans.inputs_from_frame(loans.generate(500, 0.0, 7))
     ]
     # Side by side, each needs a BentoML home of its own (its metrics directory included).
-    on = gateway_server("gateway", store, workers, work / "bentoml-on", [OBJECT])
+    first = "gateway monitor off A" if calibrate else "gateway"
+    on = gateway_server(first, store, workers, work / "bentoml-on", [OBJECT], loop=not calibrate)
     off = gateway_server(
         "gateway monitor off", store, workers, work / "bentoml-off", [OBJECT], loop=False
     )
@@ -594,39 +620,52 @@ def monitor_cost(
         base = on.predict.rsplit("/", 1)[0]
         warm_started = time.perf_counter()
         pause(roots[False])
-        while drift_windows(base) < 1:  # the drift process starts, imports, evaluates
+        while not calibrate and drift_windows(base) < 1:  # the drift process starts, evaluates
             if time.perf_counter() - warm_started > 300:
                 raise RuntimeError("the monitor evaluated no window in 300 s of light load")
             wrk(on.predict, applications, 5, 4)
-        print(
-            f"warm-up: first drift window after {time.perf_counter() - warm_started:.0f} s of "
-            f"light load; the drift process had used {drift_process_cpu(roots[True]):.1f} CPU-s"
-        )
-        windows_before = drift_windows(base)
-        try:
-            rates = measure_rounds(
-                {True: (on, roots[True]), False: (off, roots[False])},
-                applications,
-                seconds,
-                connections,
-                rounds,
+        resume(roots[False])
+        if not calibrate:
+            print(
+                f"warm-up: first drift window after {time.perf_counter() - warm_started:.0f} s "
+                f"of light load; the drift process had used "
+                f"{drift_process_cpu(roots[True]):.1f} CPU-s"
             )
-        finally:
-            resume(roots[True])
-            resume(roots[False])
+        windows_before = drift_windows(base)
+        rates = measure_rounds(
+            {True: (on, roots[True]), False: (off, roots[False])},
+            applications,
+            seconds,
+            connections,
+            rounds,
+        )
         windows = drift_windows(base) - windows_before
         drift_cpu = drift_process_cpu(roots[True])
-    for label, at in (("req/s", 0), ("req per server CPU-s", 1)):
-        ratios = [a[at] / b[at] for a, b in zip(rates[True], rates[False], strict=True)]
-        mean = sum(a[at] for a in rates[True]) / sum(b[at] for b in rates[False])
-        print(
-            f"monitor on / monitor off, {label}: {mean:.3f}x over {rounds} rounds "
-            f"(rounds: {min(ratios):.3f}x to {max(ratios):.3f}x)"
-        )
+    ratios = [a[1] / b[1] for a, b in zip(rates[True], rates[False], strict=True)]
+    mean, low, high = geometric_interval(ratios)
     print(
-        f"drift windows evaluated while measured: {windows}; the drift process used "
-        f"{drift_cpu:.1f} CPU-s in all"
+        f"{on.name} / {off.name}, req per server CPU-s: {mean:.3f}x over {rounds} rounds, "
+        f"95 % interval {low:.3f}x to {high:.3f}x (rounds: {min(ratios):.3f}x to "
+        f"{max(ratios):.3f}x)"
     )
+    if not calibrate:
+        print(
+            f"drift windows evaluated while measured: {windows}; the drift process used "
+            f"{drift_cpu:.1f} CPU-s in all"
+        )
+
+
+def geometric_interval(ratios: list[float]) -> tuple[float, float, float]:
+    """The geometric mean of ``ratios`` and its 95 % confidence interval (Student's t on their
+    logarithms)."""
+    from scipy import stats  # type: ignore[import-untyped]  # with Evidently
+
+    logs = [math.log(r) for r in ratios]
+    centre = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(centre), math.nan, math.nan
+    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(centre), math.exp(centre - half), math.exp(centre + half)
 
 
 def measure_rounds(
@@ -636,44 +675,51 @@ def measure_rounds(
     connections: int,
     rounds: int,
 ) -> dict[bool, list[tuple[float, float]]]:
-    """(ok req/s, requests per CPU-second of the server's process tree) of each round's run,
-    monitor on (True) and off; ``servers`` holds each server with its root pid."""
+    """(ok req/s, requests per CPU-second of the server's process tree) of each round, monitor
+    on (True) and off, both servers loaded at once; ``servers`` holds each server with its root
+    pid."""
     rates: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     log_total = drift_total = cpu_total = 0.0
-    for i in range(rounds):
-        for loop in (True, False) if i % 2 == 0 else (False, True):
-            server, root = servers[loop]
-            pause(servers[not loop][1])
-            resume(root)
-            wrk(server.predict, bodies, 3, connections)  # warm-up
-            cpu, (log, drift) = tree_cpu_seconds(root), loop_cpu_seconds(server, root)
-            ok, p50, p99, errors = wrk(server.predict, bodies, seconds, connections)
-            cpu = tree_cpu_seconds(root) - cpu
-            log_now, drift_now = loop_cpu_seconds(server, root)
+
+    def load(loop: bool, seconds: int) -> tuple[float, float, float, int]:
+        return wrk(servers[loop][0].predict, bodies, seconds, connections)
+
+    with ThreadPoolExecutor(2) as pool:
+        for i in range(rounds):
+            list(pool.map(load, (True, False), (3, 3)))  # warm-up
+            cpu = {loop: tree_cpu_seconds(root) for loop, (_, root) in servers.items()}
+            log, drift = loop_cpu_seconds(*servers[True])
+            both = pool.map(load, (True, False), (seconds, seconds))
+            runs = dict(zip((True, False), both, strict=True))
+            cpu = {loop: tree_cpu_seconds(root) - cpu[loop] for loop, (_, root) in servers.items()}
+            log_now, drift_now = loop_cpu_seconds(*servers[True])
             log, drift = log_now - log, drift_now - drift
-            per_cpu = ok * seconds / cpu
-            rates[loop].append((ok, per_cpu))
-            if loop:
-                log_total += log
-                drift_total += drift
-                cpu_total += cpu
-            print(
-                f"round {i + 1}  {server.name:<22}{ok:>8.0f} req/s  {per_cpu:>6.0f} req/CPU-s  "
-                f"p50 {p50:5.1f} ms  p99 {p99:6.1f} ms  errors {errors}"
-                + (
-                    f"  loop's own CPU: log {log / cpu:.1%}, drift {drift / cpu:.1%}"
-                    if loop
-                    else ""
+            log_total += log
+            drift_total += drift
+            cpu_total += cpu[True]
+            for loop in (True, False):
+                ok, p50, p99, errors = runs[loop]
+                per_cpu = ok * seconds / cpu[loop]
+                rates[loop].append((ok, per_cpu))
+                print(
+                    f"round {i + 1}  {servers[loop][0].name:<24}{ok:>7.0f} req/s  "
+                    f"{cpu[loop] / seconds:4.2f} cores  {per_cpu:>6.0f} req/CPU-s  "
+                    f"p50 {p50:5.1f} ms  p99 {p99:6.1f} ms  errors {errors}"
+                    + (
+                        f"  loop's own CPU: log {log / cpu[loop]:.1%}, "
+                        f"drift {drift / cpu[loop]:.1%}"
+                        if loop
+                        else ""
+                    )
                 )
+            print(
+                f"round {i + 1}  first / second = "
+                f"{rates[True][-1][1] / rates[False][-1][1]:.3f}x req per CPU-s",
+                flush=True,
             )
-        (on_ok, on_cpu), (off_ok, off_cpu) = rates[True][-1], rates[False][-1]
-        print(
-            f"round {i + 1}  on / off = {on_ok / off_ok:.3f}x req/s, "
-            f"{on_cpu / off_cpu:.3f}x req per CPU-s"
-        )
     own_total = log_total + drift_total
     print(
-        f"the loop's own CPU with the monitor on: {own_total:.1f} of the server's {cpu_total:.1f} "
+        f"the loop's own CPU in the first server: {own_total:.1f} of its {cpu_total:.1f} "
         f"CPU-s ({own_total / cpu_total:.1%}: prediction log {log_total / cpu_total:.1%}, "
         f"drift process {drift_total / cpu_total:.1%})"
     )
