@@ -8,7 +8,7 @@ import gc
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.batching import Batcher, BatchStats, check_outputs
 from gateway.device import Device, make_device
-from gateway.errors import BadRequest, InvalidInput, InvalidTensor, Unavailable
+from gateway.errors import BadRequest, GatewayError, InvalidInput, InvalidTensor, Unavailable
 from gateway.loop import RetrainLoop
 from gateway.metrics import GatewayMetrics, outcome_field
 from gateway.model import LoadedModel
@@ -195,12 +195,38 @@ class GatewayCore:
     async def answer(self, validate: Callable[[LoadedModel], list[BaseModel]]) -> Answered:
         """Validate with ``validate`` against the model serving now, answer the objects in its
         batches and log them: the one path behind every protocol."""
+        (answered,) = await self.answer_together([validate])
+        if isinstance(answered, GatewayError):
+            raise answered
+        return answered
+
+    async def answer_together(
+        self, validates: Sequence[Callable[[LoadedModel], list[BaseModel]]]
+    ) -> list[Answered | GatewayError]:
+        """:meth:`answer` for calls that arrived together: each call's objects are validated on
+        their own (a refusal is that call's answer alone), and all of them go to the batcher in
+        one submission. Overload and failed batches raise, for every call alike."""
         served = self.served
-        with self.metrics.timed("validate"):
-            items = self._checked(validate, served.model)
-        answered = await served.batcher.submit(items)
-        answers = [answer for answer, _ in answered]
-        return Answered(served.model, served.lineage, answers, [rid for _, rid in answered])
+        checked: list[list[BaseModel] | GatewayError] = []
+        for validate in validates:
+            try:
+                with self.metrics.timed("validate"):
+                    checked.append(self._checked(validate, served.model))
+            except GatewayError as exc:
+                checked.append(exc)
+        items = [item for objects in checked if isinstance(objects, list) for item in objects]
+        answered = await served.batcher.submit(items) if items else []
+        results: list[Answered | GatewayError] = []
+        start = 0
+        for objects in checked:
+            if isinstance(objects, GatewayError):
+                results.append(objects)
+                continue
+            part = answered[start : start + len(objects)]
+            start += len(objects)
+            answers, ids = [answer for answer, _ in part], [rid for _, rid in part]
+            results.append(Answered(served.model, served.lineage, answers, ids))
+        return results
 
     async def predict_one(self, payload: Any) -> dict[str, Any]:
         answered = await self.answer(lambda model: [validate_one(model, payload)])

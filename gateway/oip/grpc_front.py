@@ -7,7 +7,8 @@ HTTP/2 on the shared gRPC port (``SO_REUSEPORT``) and passes every call, still s
 a Unix socket (:mod:`gateway.oip.frames`) to this module, which answers it with the same
 :class:`Servicer` as the Python server: parsing, tensors, validation, batching and status codes
 are the worker's. Calls that arrive together come in one read, and their answers leave in one
-write. The front exits when its worker closes the link or dies; a front that exits on its own
+write; the ``ModelInfer`` calls of a read are answered together, their objects going to the
+batcher in one submission (:meth:`Servicer.infer_together`). The front exits when its worker closes the link or dies; a front that exits on its own
 is started again.
 """
 
@@ -20,16 +21,16 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from gateway.oip import frames
 from gateway.oip import grpc_predict_v2_pb2 as pb
-from gateway.oip.grpc_server import GrpcServer, Servicer
+from gateway.oip.grpc_server import GrpcServer, Refused, Servicer
 from gateway.oip.service import Oip
 from gateway.settings import GatewaySettings
 
@@ -47,14 +48,6 @@ def program() -> str | None:
     on ``PATH``; None when it was not built."""
     beside = str(Path(sys.executable).parent)
     return shutil.which(PROGRAM, path=os.pathsep.join([beside, os.environ.get("PATH", "")]))
-
-
-class Refused(Exception):
-    """A call the servicer aborted: its gRPC status code and details."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code, self.details = code, details
 
 
 class CallContext:
@@ -88,11 +81,42 @@ class Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        loop = asyncio.get_running_loop()
-        for call, method, request in frames.calls(self.buffer):
-            task = loop.create_task(self.answer(call, method, request))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        calls = frames.calls(self.buffer)
+        infers = [(call, request) for call, method, request in calls if method == "ModelInfer"]
+        if len(infers) > 1:  # answered together: one task, one submission to the batcher
+            self.start(self.answer_together(infers))
+            calls = [c for c in calls if c[1] != "ModelInfer"]
+        for call, method, request in calls:
+            self.start(self.answer(call, method, request))
+
+    def start(self, answering: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(answering)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def answer_together(self, calls: list[tuple[int, bytes]]) -> None:
+        """The ``ModelInfer`` calls of one read, through :meth:`Servicer.infer_together`."""
+        parsed, requests = [], []
+        for call, request in calls:
+            try:
+                requests.append(pb.ModelInferRequest.FromString(request))
+            except DecodeError as exc:
+                details = f"the request is not a valid ModelInferRequest: {exc}"
+                self.send(call, grpc.StatusCode.INVALID_ARGUMENT, details)
+                continue
+            parsed.append(call)
+        try:
+            outcomes = await self.servicer.infer_together(requests)
+        except Exception:
+            log.exception("gRPC ModelInfer failed")
+            for call in parsed:
+                self.send(call, grpc.StatusCode.INTERNAL, "internal error")
+            return
+        for call, outcome in zip(parsed, outcomes, strict=True):
+            if isinstance(outcome, Refused):
+                self.send(call, outcome.code, outcome.details, outcome.header)
+            else:
+                self.send(call, grpc.StatusCode.OK, "", (), outcome.SerializeToString())
 
     async def answer(self, call: int, method: str, request: bytes) -> None:
         kind = METHODS.get(method)

@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
 
 from gateway.batching import Overloaded
+from gateway.core import GatewayCore
 from gateway.errors import GatewayError, InvalidTensor
 from gateway.oip import grpc_predict_v2_pb2 as pb
 from gateway.oip import grpc_predict_v2_pb2_grpc as pb_grpc
-from gateway.oip.service import Inference, Oip
+from gateway.oip.service import InferCall, Inference, Oip
 from gateway.oip.tensors import Tensor, from_buffer, to_buffer
 
 log = logging.getLogger(__name__)
 SERVICE = "/inference.GRPCInferenceService/"
+INFER = SERVICE + "ModelInfer"
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -52,6 +55,30 @@ CONTENTS = {
 Reply = TypeVar("Reply")
 
 
+class Refused(Exception):
+    """A call refused with a gRPC status code, its details, and the headers sent before it
+    (``retry-after`` when overloaded)."""
+
+    def __init__(
+        self, code: grpc.StatusCode, details: str, header: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        super().__init__(details)
+        self.code, self.details, self.header = code, details, header
+
+
+def refusal(core: GatewayCore, method: str, exc: Exception) -> tuple[int, Refused]:
+    """The equivalent HTTP status (the metrics' label) and the gRPC refusal for ``exc``, an
+    :class:`Overloaded` or a :class:`GatewayError`; anything else is raised again."""
+    if isinstance(exc, Overloaded):
+        core.metrics.safely(lambda: core.metrics.shed.labels(SERVICE + method).inc())
+        header = (("retry-after", f"{exc.retry_after:.0f}"),)
+        return 503, Refused(grpc.StatusCode.UNAVAILABLE, f"overloaded: {exc}", header)
+    if isinstance(exc, GatewayError):
+        code = CODES.get(exc.status_code, grpc.StatusCode.INTERNAL)
+        return exc.status_code, Refused(code, exc.message)
+    raise exc
+
+
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, oip: Oip) -> None:
         self.oip = oip
@@ -66,15 +93,11 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         status = 200
         try:
             return await answer()
-        except Overloaded as exc:
-            status = 503
-            core.metrics.safely(lambda: core.metrics.shed.labels(SERVICE + method).inc())
-            await context.send_initial_metadata((("retry-after", f"{exc.retry_after:.0f}"),))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"overloaded: {exc}")
-        except GatewayError as exc:
-            status = exc.status_code
-            code = CODES.get(exc.status_code, grpc.StatusCode.INTERNAL)
-            await context.abort(code, exc.message)
+        except (Overloaded, GatewayError) as exc:
+            status, refused = refusal(core, method, exc)
+            if refused.header:
+                await context.send_initial_metadata(refused.header)
+            await context.abort(refused.code, refused.details)
         except Exception:
             status = 500
             raise
@@ -82,6 +105,44 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             elapsed = time.perf_counter() - started
             core.metrics.safely(lambda: core.metrics.served(SERVICE + method, status, elapsed))
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    async def infer_together(self, requests: Sequence[Any]) -> list[Any]:
+        """ModelInfer for calls that arrived together (the native front reads them in one go):
+        one core submission for all their objects. Each call gets its response or its
+        :class:`Refused`, and is counted as :meth:`ModelInfer` counts it."""
+        core = self.oip.get_core()
+        started = time.perf_counter()
+        outcomes: list[Any] = list(requests)
+        calls, at = [], []
+        for i, request in enumerate(requests):
+            try:
+                tensors = _inputs(request)
+            except InvalidTensor as exc:
+                outcomes[i] = exc
+                continue
+            wanted = [o.name for o in request.outputs] or None
+            calls.append(InferCall(request.model_name, request.model_version, tensors, wanted))
+            at.append(i)
+        try:
+            inferred: list[Inference | Exception] = list(await self.oip.infer_together(calls))
+        except (Overloaded, GatewayError) as exc:
+            inferred = [exc] * len(calls)
+        except Exception:
+            elapsed = time.perf_counter() - started
+            for _ in requests:
+                core.metrics.safely(partial(core.metrics.served, INFER, 500, elapsed))
+            raise
+        for i, result in zip(at, inferred, strict=True):
+            outcomes[i] = (
+                result if isinstance(result, Exception) else _response(result, requests[i].id)
+            )
+        elapsed = time.perf_counter() - started
+        for i, outcome in enumerate(outcomes):
+            status = 200
+            if isinstance(outcome, Exception):
+                status, outcomes[i] = refusal(core, "ModelInfer", outcome)
+            core.metrics.safely(partial(core.metrics.served, INFER, status, elapsed))
+        return outcomes
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)

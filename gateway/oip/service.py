@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway.core import Answered, GatewayCore
-from gateway.errors import NotFound, NotImplementedHere
+from gateway.errors import GatewayError, NotFound, NotImplementedHere
 from gateway.model import LoadedModel
 from gateway.oip.tensors import CONFIG_TYPES, Signature, Tensor, TensorSpec
 
@@ -45,6 +45,16 @@ def signature_of(model: LoadedModel) -> Signature:
         raise NotImplementedHere(
             f"{model.name} has no Open Inference Protocol mapping: {exc}"
         ) from exc
+
+
+@dataclass(frozen=True)
+class InferCall:
+    """One inference call in tensor form: ``outputs`` names the outputs wanted (None: all)."""
+
+    name: str
+    version: str
+    tensors: Sequence[Tensor]
+    outputs: Sequence[str] | None
 
 
 @dataclass(frozen=True)
@@ -129,18 +139,46 @@ class Oip:
         tensors: Sequence[Tensor],
         outputs: Sequence[str] | None,
     ) -> Inference:
+        (inference,) = await self.infer_together([InferCall(name, version, tensors, outputs)])
+        if isinstance(inference, GatewayError):
+            raise inference
+        return inference
+
+    async def infer_together(self, calls: Sequence[InferCall]) -> list[Inference | GatewayError]:
+        """:meth:`infer` for calls that arrived together, answered in one core submission; a
+        refusal (unknown model, bad tensors) is that call's answer alone."""
         core = self.get_core()
-        self.model(name, version)
         limit = core.settings.max_bulk
-        chosen: list[TensorSpec] = []
+        refused: dict[int, GatewayError] = {}
+        chosen: list[list[TensorSpec]] = []
+        validates: list[Callable[[LoadedModel], list[BaseModel]]] = []
+        for i, call in enumerate(calls):
+            try:
+                self.model(call.name, call.version)
+            except NotFound as exc:
+                refused[i] = exc
+                continue
+            specs: list[TensorSpec] = []
 
-        def validate(model: LoadedModel) -> list[BaseModel]:
-            sig = signature_of(model)
-            chosen.extend(sig.requested(outputs))
-            return sig.validate(model.input_model, sig.objects(tensors, limit))
+            def validate(
+                model: LoadedModel, call: InferCall = call, specs: list[TensorSpec] = specs
+            ) -> list[BaseModel]:
+                sig = signature_of(model)
+                specs.extend(sig.requested(call.outputs))
+                return sig.validate(model.input_model, sig.objects(call.tensors, limit))
 
-        answered = await core.answer(validate)
-        columns = [
-            Signature.column(spec, answered.answers, answered.request_ids) for spec in chosen
-        ]
-        return Inference(answered, chosen, columns)
+            chosen.append(specs)
+            validates.append(validate)
+        answered = iter(zip(await core.answer_together(validates), chosen, strict=True))
+        results: list[Inference | GatewayError] = []
+        for i in range(len(calls)):
+            if i in refused:
+                results.append(refused[i])
+                continue
+            one, specs = next(answered)
+            if isinstance(one, GatewayError):
+                results.append(one)
+                continue
+            columns = [Signature.column(spec, one.answers, one.request_ids) for spec in specs]
+            results.append(Inference(one, specs, columns))
+        return results

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from tests.conftest import FAST_LOANS, TINY_REVIEWS, train_ok
 from tests.helpers import REPO, VENV_BIN, free_port, metric_samples, serve_gateway, wait_until
@@ -336,6 +337,76 @@ def test_grpc_is_carried_by_a_native_front_per_worker(loans: Served, reviews: Se
     for _ in range(6):  # new connections, spread over both workers' fronts
         _, result = via_grpc(loans, items)
         assert_same(loans, items, business(loans, items), result)
+
+
+def infer_request(
+    model: str, inputs: list[tuple[str, str, np.ndarray[Any, Any]]], request_id: str
+) -> bytes:
+    """A serialized ``ModelInferRequest`` with its tensors as raw contents."""
+    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    for name, datatype, array in inputs:
+        request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        if datatype == "BYTES":  # each element length-prefixed, as tritonclient sends them
+            request.raw_input_contents.append(serialize_byte_tensor(array).item())
+        else:
+            request.raw_input_contents.append(array.tobytes())
+    return bytes(request.SerializeToString())
+
+
+def test_calls_arriving_together_are_each_answered_on_their_own(loans: Served) -> None:
+    """Many calls in flight on one connection reach one worker's front together, which answers
+    their objects with one submission to the batcher: each call still gets its own answer, a
+    refused call (bad tensor, unknown model, garbled bytes) is refused alone, and the worker
+    counts each call it parsed under its own status."""
+    items = objects("loans", 40, seed=11)
+    expected = business(loans, items)
+    client = grpcclient.InferenceServerClient(loans.grpc)
+    meta = client.get_model_metadata("loans", as_json=True)
+    client.close()
+    good = [
+        infer_request("loans", columns(meta["inputs"], [i]), f"ok-{n}") for n, i in enumerate(items)
+    ]
+    bad_age = [("age", "FP32", np.array([[45.0]], dtype=np.float32))]
+    others = [c for c in columns(meta["inputs"], items[:1]) if c[0] != "age"]
+    bad = infer_request("loans", others + bad_age, "bad")
+    unknown = infer_request("cars", columns(meta["inputs"], items[:1]), "cars")
+    calls = [(n, body) for n, body in enumerate(good)] + [
+        (-1, bad),
+        (-2, unknown),
+        (-3, b"\xff\xff"),
+    ]
+    calls = calls * 3  # every kind several times, interleaved below
+    calls = calls[::2] + calls[1::2]
+
+    def counted() -> dict[str, float]:
+        return metric_samples(httpx.get(f"{loans.base}/metrics").text, "gateway_requests_total")
+
+    refusals = {
+        -1: (grpc.StatusCode.INVALID_ARGUMENT, "age"),
+        -2: (grpc.StatusCode.NOT_FOUND, "cars"),
+        -3: (grpc.StatusCode.INVALID_ARGUMENT, "ModelInferRequest"),
+    }
+    before = counted()
+    channel = grpc.insecure_channel(loans.grpc)
+    infer = channel.unary_unary(SERVICE + "ModelInfer")
+    pending = [(n, infer.future(body, timeout=30)) for n, body in calls]
+    for n, future in pending:
+        if n >= 0:
+            response = service_pb2.ModelInferResponse.FromString(future.result())
+            assert response.id == f"ok-{n}"
+            assert_same(loans, [items[n]], [expected[n]], grpcclient.InferResult(response))
+            continue
+        with pytest.raises(grpc.RpcError) as refused:
+            future.result()
+        want, fragment = refusals[n]
+        assert refused.value.code() == want, refused.value.details()
+        assert fragment in refused.value.details()
+    channel.close()
+
+    after = counted()
+    label = '{endpoint="/inference.GRPCInferenceService/ModelInfer",status="%s"}'
+    for status, count in (("200", 3 * len(good)), ("400", 3), ("404", 3)):
+        assert after.get(label % status, 0) - before.get(label % status, 0) == count, status
 
 
 def test_unknown_models_and_malformed_bodies(loans: Served) -> None:
