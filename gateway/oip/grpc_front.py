@@ -8,8 +8,8 @@ a Unix socket (:mod:`gateway.oip.frames`) to this module, which answers it with 
 :class:`Servicer` as the Python server: parsing, tensors, validation, batching and status codes
 are the worker's. Calls that arrive together come in one read, and their answers leave in one
 write; the ``ModelInfer`` calls of a read are answered together, their objects going to the
-batcher in one submission (:meth:`Servicer.infer_together`). The front exits when its worker closes the link or dies; a front that exits on its own
-is started again.
+batcher in one submission (:meth:`Servicer.infer_together`). The front exits when its worker
+closes the link or dies; a front that exits on its own is started again.
 """
 
 from __future__ import annotations
