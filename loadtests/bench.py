@@ -620,11 +620,13 @@ def monitor_cost(
         base = on.predict.rsplit("/", 1)[0]
         warm_started = time.perf_counter()
         pause(roots[False])
-        while not calibrate and drift_windows(base) < 1:  # the drift process starts, evaluates
-            if time.perf_counter() - warm_started > 300:
-                raise RuntimeError("the monitor evaluated no window in 300 s of light load")
-            wrk(on.predict, applications, 5, 4)
-        resume(roots[False])
+        try:
+            while not calibrate and drift_windows(base) < 1:  # the drift process evaluates
+                if time.perf_counter() - warm_started > 300:
+                    raise RuntimeError("the monitor evaluated no window in 300 s of light load")
+                wrk(on.predict, applications, 5, 4)
+        finally:
+            resume(roots[False])  # a paused server would not hear the signal that stops it
         if not calibrate:
             print(
                 f"warm-up: first drift window after {time.perf_counter() - warm_started:.0f} s "
