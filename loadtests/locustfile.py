@@ -20,6 +20,7 @@ import random
 import time
 from typing import Any, ClassVar
 
+import gevent  # type: ignore[import-untyped]
 import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()  # before any channel: gRPC calls must yield to other users
@@ -76,6 +77,9 @@ def _prepare_before_the_clock(environment: Environment, runner: Any, **_: Any) -
     ``--run-time`` has begun counting, and the pool takes seconds (torch's import)."""
     if isinstance(runner, LocalRunner):
         Traffic.prepare(environment)
+        # gevent's timers count from the loop's cached clock, which the seconds above did not
+        # move: without this, --run-time would end the run that much early.
+        gevent.get_hub().loop.update_now()
 
 
 @events.test_start.add_listener  # type: ignore[untyped-decorator]

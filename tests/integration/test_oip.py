@@ -510,5 +510,5 @@ def test_a_short_headless_locust_run_of_each_user_class(
     with (tmp_path / "locust_stats.csv").open() as stats:
         rows = {row["Name"]: row for row in csv.DictReader(stats)}
     for name in ("/predict", "/v2/models/[name]/infer", "ModelInfer"):
-        assert int(rows[name]["Request Count"]) > 0, name
+        assert int(rows.get(name, {}).get("Request Count", 0)) > 0, (name, ran.stderr)
     assert all(int(row["Failure Count"]) == 0 for row in rows.values()), rows
