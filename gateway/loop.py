@@ -4,8 +4,10 @@ the gate → a hot swap when the challenger was promoted.
 Alerts come from the drift monitor or from Prometheus Alertmanager's webhook; each alert key is
 recorded in the prediction log first, so a key seen by any worker before starts nothing. One
 retrain runs at a time: the lock file is taken by the worker and handed to the retrain process
-(its descriptor is inherited), so the lock lives exactly as long as the retrain — a crash of the
-retrain releases it, a crash of the worker does not. A failed or rejected retrain leaves the
+(its descriptor is inherited), so the lock lives as long as the retrain, and in the worker until
+the outcome is recorded (the swap to a promoted version included) — a crash of the retrain
+releases it once the failure is recorded, a crash of the worker does not while the retrain
+runs. A failed or rejected retrain leaves the
 champion serving; it is logged, counted, recorded in the prediction log (and by the gate in
 MLflow), and the next alert may retrain again.
 """
@@ -179,6 +181,22 @@ class RetrainLoop:
         model: LoadedModel,
         logfile: Path,
     ) -> None:
+        # The lock is held until the outcome is recorded, swap included: an alert that comes
+        # while the promoted version is being swapped in must not retrain the old one again.
+        try:
+            await self._outcome(process, trigger, model, logfile)
+        finally:
+            release(lock)  # the retrain's own copy went when it exited
+
+    async def _outcome(
+        self,
+        process: asyncio.subprocess.Process,
+        trigger: str,
+        model: LoadedModel,
+        logfile: Path,
+    ) -> None:
+        """Stream the retrain's log, wait for it, then record what the gate decided (and swap
+        to a promoted version)."""
         started = time.perf_counter()
         try:
             assert process.stdout is not None
@@ -191,7 +209,6 @@ class RetrainLoop:
                         log.info("retrain %s | %s", trigger, text)
             code = await process.wait()
         finally:
-            release(lock)  # the retrain's own copy went with it
             self.metrics.safely(lambda: self.metrics.retrain_running.labels(model.name).set(0))
         elapsed = time.perf_counter() - started
         if code != 0:

@@ -1,0 +1,74 @@
+"""One retrain at a time, up to its recorded outcome: the retrain lock is held from the alert
+until the promoted version has been swapped in, so an alert that comes in between (the old
+version's monitor still sees drift) does not retrain the old version a second time."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from gateway.loader import load
+from gateway.loop import RetrainLoop
+from gateway.metrics import GatewayMetrics
+from gateway.predlog import PredictionLog
+from gateway.settings import GatewaySettings
+from tests.conftest import FAST_LOANS, train_ok
+
+
+def test_an_alert_during_the_swap_of_a_promoted_version_starts_no_retrain(
+    store: str, loans_data: Path, tmp_path: Path
+) -> None:
+    train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
+    settings = GatewaySettings(
+        tracking_uri=store,
+        data_port=0,
+        grpc_port=0,
+        poll_interval_s=0,
+        state_dir=tmp_path / "state",
+        retrain_data=str(loans_data),
+        retrain_args="--param epochs=2 --min-improvement -1",  # always promoted
+    )
+    model = load(settings)
+    metrics = GatewayMetrics()
+    predictions = PredictionLog(settings.state_dir / "predictions.db", 100, metrics)
+
+    async def scenario() -> None:
+        swapping, go_on = asyncio.Event(), asyncio.Event()
+        swaps = 0
+
+        async def swap() -> dict[str, Any]:
+            """The hot swap, held open until the test lets it finish."""
+            nonlocal swaps
+            swaps += 1
+            swapping.set()
+            await go_on.wait()
+            return {"swapped": True}
+
+        def finished() -> list[dict[str, Any]]:
+            return [r for r in predictions.retrains("loans") if r["result"]]
+
+        loop = RetrainLoop(settings, metrics, predictions, lambda: model, swap)
+        first = await loop.alert("drift-loans-v1-first", "monitor", {})
+        assert first["retrain"] == "started", first
+        await asyncio.wait_for(swapping.wait(), 180)  # the retrain exited; v2 is promoted
+
+        during = await loop.alert("drift-loans-v1-during", "monitor", {})
+        assert during["retrain"] == "busy", during
+
+        go_on.set()
+        while not finished():
+            await asyncio.sleep(0.2)
+        assert [r["result"] for r in finished()] == ["promoted"]
+
+        after = await loop.alert("drift-loans-v1-after", "monitor", {})
+        assert after["retrain"] == "started", after
+        while len(finished()) < 2:
+            await asyncio.sleep(0.2)
+        assert swaps == 2
+        await loop.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 400))
+    finally:
+        predictions.close()
