@@ -10,10 +10,12 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 from click.testing import CliRunner, Result
 
+from gateway.settings import GatewaySettings
 from trainers.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,3 +126,11 @@ def metric_samples(text: str, name: str) -> dict[str, float]:
             if key == name or key.startswith(name + "{"):
                 samples[key.removeprefix(name)] = float(value)
     return samples
+
+
+def in_process_settings(store: str, **overrides: Any) -> GatewaySettings:
+    """Settings for a gateway answering inside the test process: no data plane or gRPC port of
+    its own, and no polling of the registry alias."""
+    return GatewaySettings(
+        tracking_uri=store, data_port=0, grpc_port=0, poll_interval_s=0, **overrides
+    )

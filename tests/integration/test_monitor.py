@@ -13,9 +13,8 @@ from gateway.core import GatewayCore
 from gateway.http import create_app
 from gateway.loader import load
 from gateway.metrics import GatewayMetrics
-from gateway.settings import GatewaySettings
 from tests.conftest import FAST_LOANS, train_ok
-from tests.helpers import metric_samples
+from tests.helpers import in_process_settings, metric_samples
 from tests.integration.test_serving import APPLICATION, loan_variants
 from trainers.drift import compare
 
@@ -32,11 +31,8 @@ def test_monitor_failures_never_fail_a_prediction(
     store: str, loans_data: Path, tmp_path: Path
 ) -> None:
     train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
-    settings = GatewaySettings(
-        tracking_uri=store,
-        data_port=0,
-        grpc_port=0,
-        poll_interval_s=0,
+    settings = in_process_settings(
+        store,
         state_dir=tmp_path / "state",
         drift_window=20,
         drift_interval_s=3600,  # rounds are run by hand below

@@ -15,9 +15,8 @@ from gateway.core import GatewayCore
 from gateway.http import create_app
 from gateway.loader import load
 from gateway.metrics import GatewayMetrics
-from gateway.settings import GatewaySettings
 from tests.conftest import FAST_LOANS, train_ok
-from tests.helpers import metric_samples
+from tests.helpers import in_process_settings, metric_samples
 from tests.integration.test_serving import APPLICATION
 
 
@@ -41,11 +40,8 @@ class SlowDevice:
 
 def test_excess_load_gets_503_with_retry_after(store: str, loans_data: Path) -> None:
     train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
-    settings = GatewaySettings(
-        tracking_uri=store,
-        data_port=0,
-        grpc_port=0,
-        poll_interval_s=0,
+    settings = in_process_settings(
+        store,
         max_batch_size=1,
         max_queue=2,
     )

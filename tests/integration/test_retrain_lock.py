@@ -12,19 +12,16 @@ from gateway.loader import load
 from gateway.loop import RetrainLoop
 from gateway.metrics import GatewayMetrics
 from gateway.predlog import PredictionLog
-from gateway.settings import GatewaySettings
 from tests.conftest import FAST_LOANS, train_ok
+from tests.helpers import in_process_settings
 
 
 def test_an_alert_during_the_swap_of_a_promoted_version_starts_no_retrain(
     store: str, loans_data: Path, tmp_path: Path
 ) -> None:
     train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
-    settings = GatewaySettings(
-        tracking_uri=store,
-        data_port=0,
-        grpc_port=0,
-        poll_interval_s=0,
+    settings = in_process_settings(
+        store,
         state_dir=tmp_path / "state",
         retrain_data=str(loans_data),
         retrain_args="--param epochs=2 --min-improvement -1",  # always promoted

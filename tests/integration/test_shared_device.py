@@ -22,7 +22,7 @@ from gateway.loader import load
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from tests.conftest import FAST_LOANS, train_ok
-from tests.helpers import metric_samples, serve_gateway
+from tests.helpers import in_process_settings, metric_samples, serve_gateway
 from tests.integration.test_serving import _post_all, direct_answers, loan_variants
 
 
@@ -78,11 +78,8 @@ def test_workers_share_one_device_and_take_it_over(
     store: str, loans_data: Path, tmp_path: Path
 ) -> None:
     train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
-    settings = GatewaySettings(
-        tracking_uri=store,
-        data_port=0,
-        grpc_port=0,
-        poll_interval_s=0,
+    settings = in_process_settings(
+        store,
         shared_device="on",
         device_socket=str(tmp_path / "device.sock"),
     )
