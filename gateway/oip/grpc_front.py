@@ -98,13 +98,10 @@ class Link(asyncio.Protocol):
         """The ``ModelInfer`` calls of one read, through :meth:`Servicer.infer_together`."""
         parsed, requests = [], []
         for call, request in calls:
-            try:
-                requests.append(pb.ModelInferRequest.FromString(request))
-            except DecodeError as exc:
-                details = f"the request is not a valid ModelInferRequest: {exc}"
-                self.send(call, grpc.StatusCode.INVALID_ARGUMENT, details)
-                continue
-            parsed.append(call)
+            message = self.parse(call, pb.ModelInferRequest, request)
+            if message is not None:
+                parsed.append(call)
+                requests.append(message)
         try:
             outcomes = await self.servicer.infer_together(requests)
         except Exception:
@@ -123,11 +120,8 @@ class Link(asyncio.Protocol):
         if kind is None:
             self.send(call, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}")
             return
-        try:
-            message = kind.FromString(request)
-        except DecodeError as exc:
-            details = f"the request is not a valid {kind.__name__}: {exc}"
-            self.send(call, grpc.StatusCode.INVALID_ARGUMENT, details)
+        message = self.parse(call, kind, request)
+        if message is None:
             return
         context = CallContext()
         try:
@@ -139,6 +133,15 @@ class Link(asyncio.Protocol):
             self.send(call, grpc.StatusCode.INTERNAL, "internal error")
         else:
             self.send(call, grpc.StatusCode.OK, "", context.header, response.SerializeToString())
+
+    def parse(self, call: int, kind: Any, request: bytes) -> Any:
+        """``request`` as a ``kind`` message, or None once the call is refused as garbled."""
+        try:
+            return kind.FromString(request)
+        except DecodeError as exc:
+            details = f"the request is not a valid {kind.__name__}: {exc}"
+            self.send(call, grpc.StatusCode.INVALID_ARGUMENT, details)
+            return None
 
     def send(
         self,

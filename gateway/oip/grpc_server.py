@@ -112,7 +112,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         :class:`Refused`, and is counted as :meth:`ModelInfer` counts it."""
         core = self.oip.get_core()
         started = time.perf_counter()
-        outcomes: list[Any] = list(requests)
+        outcomes: list[Any] = [None] * len(requests)  # each call's, filled in below
         calls, at = [], []
         for i, request in enumerate(requests):
             try:
