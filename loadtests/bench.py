@@ -643,7 +643,7 @@ def monitor_cost(
         )
         windows = drift_windows(base) - windows_before
         drift_cpu = drift_process_cpu(roots[True])
-    ratios = [a[1] / b[1] for a, b in zip(rates[True], rates[False], strict=True)]
+    ratios = [a / b for a, b in zip(rates[True], rates[False], strict=True)]
     mean, low, high = geometric_interval(ratios)
     print(
         f"{on.name} / {off.name}, req per server CPU-s: {mean:.3f}x over {rounds} rounds, "
@@ -676,11 +676,10 @@ def measure_rounds(
     seconds: int,
     connections: int,
     rounds: int,
-) -> dict[bool, list[tuple[float, float]]]:
-    """(ok req/s, requests per CPU-second of the server's process tree) of each round, monitor
-    on (True) and off, both servers loaded at once; ``servers`` holds each server with its root
-    pid."""
-    rates: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+) -> dict[bool, list[float]]:
+    """Requests per CPU-second of the server's process tree in each round, monitor on (True)
+    and off, both servers loaded at once; ``servers`` holds each server with its root pid."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
     log_total = drift_total = cpu_total = 0.0
 
     def load(loop: bool, seconds: int) -> tuple[float, float, float, int]:
@@ -702,7 +701,7 @@ def measure_rounds(
             for loop in (True, False):
                 ok, p50, p99, errors = runs[loop]
                 per_cpu = ok * seconds / cpu[loop]
-                rates[loop].append((ok, per_cpu))
+                rates[loop].append(per_cpu)
                 print(
                     f"round {i + 1}  {servers[loop][0].name:<24}{ok:>7.0f} req/s  "
                     f"{cpu[loop] / seconds:4.2f} cores  {per_cpu:>6.0f} req/CPU-s  "
@@ -716,7 +715,7 @@ def measure_rounds(
                 )
             print(
                 f"round {i + 1}  first / second = "
-                f"{rates[True][-1][1] / rates[False][-1][1]:.3f}x req per CPU-s",
+                f"{rates[True][-1] / rates[False][-1]:.3f}x req per CPU-s",
                 flush=True,
             )
     own_total = log_total + drift_total
