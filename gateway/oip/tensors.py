@@ -153,8 +153,15 @@ class Signature:
     def known_inputs(self) -> dict[str, TensorSpec]:
         return {spec.name: spec for spec in self.inputs}
 
+    @functools.cached_property
+    def required_inputs(self) -> frozenset[str]:
+        return frozenset(spec.name for spec in self.inputs if not spec.optional)
+
     def objects(self, tensors: Sequence[Tensor], max_objects: int) -> list[dict[str, Any]]:
         """The business objects (as plain dicts, not yet validated) the tensors describe."""
+        one = self._one_object(tensors)
+        if one is not None:
+            return [one]
         known = self.known_inputs
         columns: dict[str, list[Any]] = {}
         count = None
@@ -183,7 +190,7 @@ class Signature:
             raise InvalidTensor(missing[0], "required input is missing")
         if count is None:
             raise InvalidTensor("inputs", "expected at least one input tensor")
-        if count == 1:  # the common case: one object per call
+        if count == 1:
             return [{name: v[0] for name, v in columns.items() if v[0] is not _ABSENT}]
         rows: list[dict[str, Any]] = [{} for _ in range(count)]
         for name, values in columns.items():
@@ -191,6 +198,46 @@ class Signature:
                 if value is not _ABSENT:
                     row[name] = value
         return rows
+
+    def _one_object(self, tensors: Sequence[Tensor]) -> dict[str, Any] | None:
+        """The common call, read in one pass: one object, each tensor a known input holding one
+        value of the input's own datatype, each required input given, no value missing. Any
+        other call is None here, and is read by the general path, which also names what is
+        wrong with it."""
+        known, row = self.known_inputs, {}
+        for tensor in tensors:
+            name, values = tensor.name, tensor.values
+            spec = known.get(name)
+            if (
+                spec is None
+                or name in row
+                or len(values) != 1
+                or tensor.datatype != spec.datatype
+                or tensor.shape not in ([1, 1], [1])
+            ):
+                return None
+            value, datatype = values[0], spec.datatype
+            kind = type(value)
+            if datatype == "BYTES":
+                if kind is bytes:
+                    try:
+                        value = value.decode()
+                    except UnicodeDecodeError:
+                        return None
+                elif kind is not str:
+                    return None
+            elif datatype == "BOOL":
+                if kind is not bool:
+                    return None
+            elif kind is float:
+                if not math.isfinite(value):
+                    return None
+            elif kind is not int:
+                return None
+            row[name] = value
+        if not self.required_inputs <= row.keys() or not row:
+            return None
+        return row
 
     def validate(self, model: type[BaseModel], rows: list[dict[str, Any]]) -> list[BaseModel]:
         """Each row through the pipeline's schema; an error names the input tensor and object."""
@@ -222,7 +269,8 @@ class Signature:
     ) -> list[Any]:
         if spec.name == REQUEST_ID:
             return list(request_ids)
-        return [_scalar(getattr(answer, spec.name)) for answer in answers]
+        values = [getattr(answer, spec.name) for answer in answers]
+        return [v.value if isinstance(v, enum.Enum) else v for v in values]
 
 
 _ABSENT = object()
@@ -273,12 +321,6 @@ def _plain(spec: TensorSpec, tensor: Tensor) -> list[Any]:
             raise InvalidTensor(tensor.name, f"object {i}: expected a finite number")
         out.append(number)
     return out
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    return value
 
 
 # -- bytes on the wire ---------------------------------------------------------------------------

@@ -173,3 +173,64 @@ def test_a_field_without_a_tensor_datatype_is_named() -> None:
 
     with pytest.raises(TypeError, match=r"Basket\.items"):
         Signature.of(Basket, LoanDecision)
+
+
+SINGLE = {  # one loan application, each field in its own datatype
+    "income": Tensor("income", "FP32", [1, 1], [52000.0]),
+    "age": Tensor("age", "INT64", [1], [30]),
+    "loan_amount": Tensor("loan_amount", "FP32", [1, 1], [9000]),  # an integer, from JSON
+    "term_months": Tensor("term_months", "INT64", [1, 1], [36]),
+    "employment_status": Tensor("employment_status", "BYTES", [1, 1], [b"employed"]),
+    "purpose": Tensor("purpose", "BYTES", [1], ["car"]),  # text, from JSON
+    "existing_debt": Tensor("existing_debt", "FP32", [1, 1], [4000.0]),
+}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"existing_debt": None},  # an optional input left out
+        {"existing_debt": Tensor("existing_debt", "FP32", [1, 1], [math.nan])},  # missing
+        {"income": Tensor("income", "FP64", [1], [52000.5])},  # another numeric datatype
+        {"income": Tensor("income", "FP32", [1], [math.inf])},
+        {"income": Tensor("income", "FP32", [1], [True])},
+        {"income": Tensor("income", "BYTES", [1], [b"52000"])},
+        {"age": Tensor("age", "INT64", [1], [30.0])},
+        {"age": Tensor("age", "INT32", [1, 1], [np.int32(30)])},
+        {"age": None},  # a required input left out
+        {"age": Tensor("age", "INT64", [1, 2], [30, 31])},
+        {"age": Tensor("age", "INT64", [], [30])},
+        {"purpose": Tensor("purpose", "BYTES", [1], [b"\xff"])},
+        {"purpose": Tensor("purpose", "BYTES", [1], [7])},
+        {"purpose": Tensor("purpose", "INT64", [1], [7])},
+        {"nickname": Tensor("nickname", "BYTES", [1], [b"Al"])},
+    ],
+)
+def test_one_object_reads_as_the_general_path_reads_it(change: dict[str, Tensor | None]) -> None:
+    """A call with one object is read in one pass where it can be; the result, or the input
+    named as wrong, is the one the general reading gives for the same object twice over."""
+    tensors = {**SINGLE, **change}
+    one = [t for t in tensors.values() if t is not None]
+    twice = [
+        Tensor(
+            t.name, t.datatype, [2 * t.shape[0], *t.shape[1:]] if t.shape else [], [*t.values] * 2
+        )
+        for t in one
+    ]
+    wrong = None
+    try:
+        expected = LOANS.objects(twice, 10)[:1]
+    except InvalidTensor as exc:
+        wrong = exc.tensor
+    if wrong is not None:
+        with pytest.raises(InvalidTensor) as refused:
+            LOANS.objects(one, 10)
+        assert refused.value.tensor == wrong
+        return
+    got = LOANS.objects(one, 10)
+    assert got == expected
+    assert [type(v) for v in got[0].values()] == [type(v) for v in expected[0].values()]
+    duplicated = [*one, one[0]]
+    with pytest.raises(InvalidTensor, match="given twice"):
+        LOANS.objects(duplicated, 10)
