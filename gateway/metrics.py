@@ -259,16 +259,17 @@ class GatewayMetrics:
             with suppress(Exception):
                 self.metric_errors.inc()
 
-    def served(self, endpoint: str, status: int, elapsed: float) -> None:
-        """One request answered (or refused) by ``endpoint``."""
+    def served(self, endpoint: str, status: int, elapsed: float, count: int = 1) -> None:
+        """``count`` requests answered (or refused) by ``endpoint`` in ``elapsed`` seconds each."""
         series = self._served.get((endpoint, status))
         if series is None:  # looking labels up costs more than recording: once per pair
             series = self._served[(endpoint, status)] = (
                 self.requests.labels(endpoint, str(status)),
                 self.request_seconds.labels(endpoint),
             )
-        series[0].inc()
-        series[1].observe(elapsed)
+        series[0].inc(count)
+        for _ in range(count):
+            series[1].observe(elapsed)
 
     def timed(self, stage: str) -> Timer:
         """Time a ``with`` block as ``stage`` of the pipeline."""

@@ -30,17 +30,13 @@ from google.protobuf.message import DecodeError
 
 from gateway.oip import frames
 from gateway.oip import grpc_predict_v2_pb2 as pb
-from gateway.oip.grpc_server import GrpcServer, Refused, Servicer
+from gateway.oip.grpc_server import REQUESTS, GrpcServer, Refused, Servicer, serialized
 from gateway.oip.service import Oip
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 PROGRAM = "gateway-grpc"
 RESTART_S = 1.0
-METHODS = {
-    method.name: getattr(pb, method.input_type.name)
-    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
-}
 
 
 def program() -> str | None:
@@ -113,10 +109,10 @@ class Link(asyncio.Protocol):
             if isinstance(outcome, Refused):
                 self.send(call, outcome.code, outcome.details, outcome.header)
             else:
-                self.send(call, grpc.StatusCode.OK, "", (), outcome.SerializeToString())
+                self.send(call, grpc.StatusCode.OK, "", (), outcome)
 
     async def answer(self, call: int, method: str, request: bytes) -> None:
-        kind = METHODS.get(method)
+        kind = REQUESTS.get(method)
         if kind is None:
             self.send(call, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}")
             return
@@ -132,7 +128,7 @@ class Link(asyncio.Protocol):
             log.exception("gRPC %s failed", method)
             self.send(call, grpc.StatusCode.INTERNAL, "internal error")
         else:
-            self.send(call, grpc.StatusCode.OK, "", context.header, response.SerializeToString())
+            self.send(call, grpc.StatusCode.OK, "", context.header, serialized(response))
 
     def parse(self, call: int, kind: Any, request: bytes) -> Any:
         """``request`` as a ``kind`` message, or None once the call is refused as garbled."""

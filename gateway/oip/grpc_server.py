@@ -10,10 +10,10 @@ channel per worker's worth of load to spread it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from typing import Any, TypeVar
 
 import grpc
@@ -24,10 +24,15 @@ from gateway.errors import GatewayError, InvalidTensor
 from gateway.oip import grpc_predict_v2_pb2 as pb
 from gateway.oip import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.oip.service import InferCall, Inference, Oip
-from gateway.oip.tensors import Tensor, from_buffer, to_buffer
+from gateway.oip.tensors import Tensor, TensorSpec, from_buffer, to_buffer
 
 log = logging.getLogger(__name__)
-SERVICE = "/inference.GRPCInferenceService/"
+SERVICE_NAME = "inference.GRPCInferenceService"
+SERVICE = f"/{SERVICE_NAME}/"
+REQUESTS = {  # each method's request message
+    method.name: getattr(pb, method.input_type.name)
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
+}
 INFER = SERVICE + "ModelInfer"
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -106,10 +111,10 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             core.metrics.safely(lambda: core.metrics.served(SERVICE + method, status, elapsed))
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
-    async def infer_together(self, requests: Sequence[Any]) -> list[Any]:
+    async def infer_together(self, requests: Sequence[Any]) -> list[bytes | Refused]:
         """ModelInfer for calls that arrived together (the native front reads them in one go):
-        one core submission for all their objects. Each call gets its response or its
-        :class:`Refused`, and is counted as :meth:`ModelInfer` counts it."""
+        one core submission for all their objects. Each call gets its serialized response or
+        its :class:`Refused`, and is counted on its own."""
         core = self.oip.get_core()
         started = time.perf_counter()
         outcomes: list[Any] = [None] * len(requests)  # each call's, filled in below
@@ -120,7 +125,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             except InvalidTensor as exc:
                 outcomes[i] = exc
                 continue
-            wanted = [o.name for o in request.outputs] or None
+            asked = request.outputs
+            wanted = [o.name for o in asked] if asked else None
             calls.append(InferCall(request.model_name, request.model_version, tensors, wanted))
             at.append(i)
         try:
@@ -129,19 +135,23 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             inferred = [exc] * len(calls)
         except Exception:
             elapsed = time.perf_counter() - started
-            for _ in requests:
-                core.metrics.safely(partial(core.metrics.served, INFER, 500, elapsed))
+            count = len(requests)
+            core.metrics.safely(functools.partial(core.metrics.served, INFER, 500, elapsed, count))
             raise
         for i, result in zip(at, inferred, strict=True):
             outcomes[i] = (
                 result if isinstance(result, Exception) else _response(result, requests[i].id)
             )
         elapsed = time.perf_counter() - started
+        statuses: dict[int, int] = {}  # calls per status, each counted once per group
         for i, outcome in enumerate(outcomes):
             status = 200
             if isinstance(outcome, Exception):
                 status, outcomes[i] = refusal(core, "ModelInfer", outcome)
-            core.metrics.safely(partial(core.metrics.served, INFER, status, elapsed))
+            statuses[status] = statuses.get(status, 0) + 1
+        for status, count in statuses.items():
+            served = functools.partial(core.metrics.served, INFER, status, elapsed, count)
+            core.metrics.safely(served)
         return outcomes
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -189,16 +199,16 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._call("ModelConfig", context, answer)
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
-        async def answer() -> Any:
-            tensors = _inputs(request)
-            wanted = [o.name for o in request.outputs] or None
-            inference = await self.oip.infer(
-                request.model_name, request.model_version, tensors, wanted
-            )
-            return _response(inference, request.id)
-
-        return await self._call("ModelInfer", context, answer)
+    async def ModelInfer(self, request: Any, context: Any) -> bytes:
+        """The serialized response (see :func:`serialized`): :meth:`infer_together` for one
+        call."""
+        (outcome,) = await self.infer_together([request])
+        if not isinstance(outcome, Refused):
+            return outcome
+        if outcome.header:
+            await context.send_initial_metadata(outcome.header)
+        await context.abort(outcome.code, outcome.details)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
 def _inputs(request: Any) -> list[Tensor]:
@@ -222,17 +232,48 @@ def _inputs(request: Any) -> list[Tensor]:
     return tensors
 
 
-def _response(inference: Inference, request_id: str) -> Any:
+def _response(inference: Inference, request_id: str) -> bytes:
+    """The serialized ``ModelInferResponse``. Only its id and the outputs' bytes change from
+    answer to answer of one model (with the same outputs and object count): the rest is
+    serialized once, by :func:`_response_head`. Protobuf reads two serialized parts of a
+    message, concatenated, as the one message."""
     model = inference.answered.model
-    response = pb.ModelInferResponse(
-        model_name=model.name, model_version=model.version, id=request_id
+    head = _response_head(
+        model.name,
+        model.version,
+        tuple(inference.parameters().items()),
+        tuple(inference.outputs),
+        inference.count,
     )
-    for key, value in inference.parameters().items():
-        response.parameters[key].string_param = value
-    for spec, column in zip(inference.outputs, inference.columns, strict=True):
-        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=[inference.count, 1])
-        response.raw_output_contents.append(to_buffer(spec.datatype, column))
-    return response
+    rest = pb.ModelInferResponse(
+        id=request_id,
+        raw_output_contents=[
+            to_buffer(spec.datatype, column)
+            for spec, column in zip(inference.outputs, inference.columns, strict=True)
+        ],
+    )
+    return head + rest.SerializeToString()
+
+
+@functools.lru_cache(maxsize=256)
+def _response_head(
+    name: str,
+    version: str,
+    parameters: tuple[tuple[str, str], ...],
+    outputs: tuple[TensorSpec, ...],
+    count: int,
+) -> bytes:
+    head = pb.ModelInferResponse(model_name=name, model_version=version)
+    for key, value in parameters:
+        head.parameters[key].string_param = value
+    for spec in outputs:
+        head.outputs.add(name=spec.name, datatype=spec.datatype, shape=[count, 1])
+    return bytes(head.SerializeToString())
+
+
+def serialized(reply: Any) -> bytes:
+    """A servicer's reply as bytes: a message, or the bytes :meth:`Servicer.ModelInfer` gives."""
+    return reply if isinstance(reply, bytes) else bytes(reply.SerializeToString())
 
 
 class GrpcServer:
@@ -245,7 +286,17 @@ class GrpcServer:
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         self.server = grpc.aio.server(options=options)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(oip), self.server)  # type: ignore[no-untyped-call]
+        servicer = Servicer(oip)
+        handlers = {
+            method: grpc.unary_unary_rpc_method_handler(
+                getattr(servicer, method),
+                request_deserializer=kind.FromString,
+                response_serializer=serialized,
+            )
+            for method, kind in REQUESTS.items()
+        }
+        generic = grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+        self.server.add_generic_rpc_handlers((generic,))
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def start(self) -> None:
