@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # BentoML's usage analytics would try to reach the internet from every server start.
 export BENTOML_DO_NOT_TRACK = true
 
-.PHONY: install serve test lint bento bench tools proto grpc-front
+.PHONY: install serve test lint bento bench tools proto grpc-front grpc-load
 
 # torch first, pinned: the CPU wheel on local disk; an open range would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -35,6 +35,14 @@ $(FRONT): grpcfront/main.go | $(STAMP)
 
 grpc-front: $(FRONT)
 
+# The bench's gRPC load generator (loadtests/grpcload/, Go): one core of it saturates a worker.
+LOAD := $(BIN)/gateway-grpc-load
+$(LOAD): loadtests/grpcload/main.go | $(FRONT)
+	GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$(abspath build/go-cache)" \
+		go build -o $@ ./loadtests/grpcload
+
+grpc-load: $(LOAD)
+
 serve: install
 	$(MAKE) -o $(STAMP) grpc-front || echo "gateway-grpc was not built: gRPC is served by Python's grpc.aio"
 	$(BIN)/trainers train $(PIPELINE) --unless-champion
@@ -47,7 +55,7 @@ bento: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml build; status=$$?; rm -f bentos/bundle.json; exit $$status
 
 # Not part of `make test`: throughput and latency against mlflow models serve and plain BentoML.
-bench: install grpc-front
+bench: install grpc-front grpc-load
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
@@ -67,5 +75,5 @@ tools:
 proto: install
 	$(BIN)/python -m gateway.oip.proto
 
-test: lint tools grpc-front
+test: lint tools grpc-front grpc-load
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)

@@ -83,13 +83,14 @@ class Started:
 
 
 @contextmanager
-def running(server: Server, log: Path) -> Iterator[Started]:
-    """Start ``server``; yield its cold start and its pid once it is ready."""
+def running(server: Server, log: Path, cores: set[int] | None = None) -> Iterator[Started]:
+    """Start ``server`` (on ``cores`` only, where given: its processes and threads inherit
+    them); yield its cold start and its pid once it is ready."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **server.env}
     started = time.perf_counter()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            server.args,
+            on_cores(server.args, cores),
             cwd=REPO,
             env=env,
             stdout=out,
@@ -119,14 +120,23 @@ def running(server: Server, log: Path) -> Iterator[Started]:
                 proc.wait()
 
 
+def on_cores(args: list[str], cores: set[int] | None) -> list[str]:
+    """The command ``args`` kept on ``cores`` (its processes and threads inherit them), where
+    given."""
+    if not cores:
+        return args
+    return ["taskset", "--cpu-list", ",".join(map(str, sorted(cores))), *args]
+
+
 def wrk(
     url: str,
     body: dict[str, object] | list[dict[str, object]],
     seconds: int,
     connections: int,
+    cores: set[int] | None = None,
 ) -> tuple[float, float, float, int]:
     """(ok req/s, p50 ms, p99 ms, errors) from a wrk run posting ``body`` (a list: each in
-    turn)."""
+    turn), on ``cores`` where given."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     lua = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
     if isinstance(body, dict):
@@ -140,7 +150,19 @@ def wrk(
         )
     script.write_text(lua)
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        on_cores(
+            [
+                "wrk",
+                "-t2",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                str(script),
+                url,
+            ],
+            cores,
+        ),
         capture_output=True,
         text=True,
         check=True,
@@ -284,6 +306,8 @@ def main() -> None:
         "monitor: the gateway with its prediction log and drift monitor on vs off; "
         "loop: alert to serving",
     )
+    parser.add_argument("--protocol-seconds", type=int, default=10)
+    parser.add_argument("--protocol-rounds", type=int, default=6)
     parser.add_argument("--monitor-seconds", type=int, default=20)
     parser.add_argument("--monitor-rounds", type=int, default=8)
     parser.add_argument(
@@ -321,7 +345,7 @@ def main() -> None:
     if results:
         report(results, args.connections, args.seconds)
     if "protocols" in args.parts:
-        protocols(store, work, args.seconds, args.connections)
+        protocols(store, work, args.protocol_seconds, args.connections, args.protocol_rounds)
     if "monitor" in args.parts:
         monitor_cost(
             store,
@@ -368,24 +392,14 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(stats[pid][1] for pid in tree_pids(root, stats))
 
 
-def grpc_load(target: str, seconds: int, concurrency: int) -> tuple[float, float, float, int]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadtests.grpc_load",
-            target,
-            "--seconds",
-            str(seconds),
-            "--concurrency",
-            str(concurrency),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    found = json.loads(out.strip().splitlines()[-1])
+def grpc_load(
+    target: str, seconds: int, concurrency: int, cores: set[int] | None = None
+) -> tuple[float, float, float, int]:
+    """(ok calls/s, p50 ms, p99 ms, errors) from a ``gateway-grpc-load`` run of single loan
+    applications, on ``cores`` where given."""
+    from loadtests.grpc_load import run
+
+    found = run(target, seconds, concurrency, on_cores([], cores))
     return found["ok_per_s"], found["p50_ms"], found["p99_ms"], found["errors"]
 
 
@@ -400,10 +414,22 @@ def oip_body(item: dict[str, object]) -> dict[str, object]:
     }
 
 
-def protocols(store: str, work: Path, seconds: int, connections: int) -> None:
-    """One gateway worker (one core's worth) answering single objects over the business JSON
-    API, OIP JSON over HTTP and OIP over gRPC: throughput, latency and the server's CPU seconds,
-    so the protocols compare per core; then locust's figures for each of its user classes."""
+Load = Callable[[int], tuple[float, float, float, int]]
+
+
+def protocols(store: str, work: Path, seconds: int, connections: int, rounds: int) -> None:
+    """One gateway worker answering single objects over the business JSON API, OIP JSON over
+    HTTP and OIP over gRPC: requests per CPU-second of the server, so the protocols compare per
+    core; then locust's figures for each of its user classes.
+
+    The server runs on one core and the load generators on another, so a client that costs
+    more CPU (grpc_load is Python, wrk is C) takes none from the server. Each round loads the
+    protocols one after the other, in turn reversed, and compares them within the round: a
+    change in this machine's speed moves a round's protocols alike, where one long run of each
+    would put it between them."""
+    cores = sorted(os.sched_getaffinity(0))
+    server_cores = {cores[0]} if len(cores) > 1 else None
+    client_cores = set(cores[1:]) or None
     server = gateway_server("gateway protocols", store, 1, work / "bentoml", [OBJECT])
     # The prediction log stays on (each answer is logged, whatever the protocol); the drift
     # monitor is off: its windows would land in one protocol's run and not another's.
@@ -411,49 +437,66 @@ def protocols(store: str, work: Path, seconds: int, connections: int) -> None:
     grpc_target = f"127.0.0.1:{server.env['GATEWAY_GRPC_PORT']}"
     data = server.predict.rsplit("/", 1)[0]
     infer = f"{data}/v2/models/loans/infer"
-    loads: dict[str, Callable[[int], tuple[float, float, float, int]]] = {
-        "business JSON, HTTP (wrk)": lambda s: wrk(server.predict, server.body, s, connections),
-        "OIP JSON, HTTP (wrk)": lambda s: wrk(infer, oip_body(OBJECT), s, connections),
-        "OIP, gRPC (grpc_load)": lambda s: grpc_load(grpc_target, s, connections),
+    business, oip_http, oip_grpc = "business JSON, HTTP", "OIP JSON, HTTP", "OIP, gRPC"
+    loads: dict[str, Load] = {
+        business: lambda s: wrk(server.predict, server.body, s, connections, client_cores),
+        oip_http: lambda s: wrk(infer, oip_body(OBJECT), s, connections, client_cores),
+        oip_grpc: lambda s: grpc_load(grpc_target, s, connections, client_cores),
     }
-    print(f"\nprotocols: 1 worker, {connections} in flight, one object per call, {seconds} s each")
-    rows = []
-
-    def measure(
-        name: str, load: Callable[[int], tuple[float, float, float, int]], pid: int
-    ) -> None:
-        load(3)  # warm-up
-        cpu = tree_cpu_seconds(pid)
-        ok, p50, p99, errors = load(seconds)
-        cpu = tree_cpu_seconds(pid) - cpu
-        rows.append((name, ok, p50, p99, errors, ok * seconds / cpu))
-
-    with running(server, work / "gateway-protocols.log") as started:
-        for name, load in loads.items():
-            measure(name, load, started.pid)
-        figures = locust_figures(data, grpc_target, seconds, work)
+    where = (
+        f"server on core {cores[0]}, load generators on {', '.join(map(str, cores[1:]))}"
+        if server_cores
+        else "server and load generators on the one core"
+    )
+    print(
+        f"\nprotocols: 1 worker, {connections} in flight, one object per call, {rounds} rounds "
+        f"of {seconds} s per protocol; {where}"
+    )
+    runs: dict[str, list[tuple[float, float, float, int, float]]] = {name: [] for name in loads}
+    with running(server, work / "gateway-protocols.log", server_cores) as started:
+        for load in loads.values():
+            load(3)  # warm-up
+        for i in range(rounds):
+            order = list(loads) if i % 2 == 0 else list(reversed(loads))
+            for name in order:
+                runs[name].append(per_cpu(loads[name], seconds, started.pid))
+            print(
+                f"round {i + 1}  "
+                + "  ".join(f"{name}: {runs[name][-1][4]:.0f}" for name in loads)
+                + " req/CPU-s",
+                flush=True,
+            )
+        figures = locust_figures(data, grpc_target, seconds, work, client_cores)
     # The same server with gRPC on grpc.aio in the worker (the fallback without gateway-grpc).
     server.env["GATEWAY_GRPC_SERVER"] = "python"
-    with running(server, work / "gateway-protocols-grpc-aio.log") as started:
-        measure("OIP, gRPC on grpc.aio (grpc_load)", loads["OIP, gRPC (grpc_load)"], started.pid)
+    aio = "OIP, gRPC on grpc.aio"
+    with running(server, work / "gateway-protocols-grpc-aio.log", server_cores) as started:
+        loads[oip_grpc](3)
+        runs[aio] = [per_cpu(loads[oip_grpc], seconds, started.pid)]
     header = (
-        f"{'protocol':<36}{'ok req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'req/CPU-s':>11}"
+        f"{'protocol (medians over rounds)':<34}{'ok req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'errors':>8}{'cores':>7}{'req/CPU-s':>11}"
     )
     print(header)
     print("-" * len(header))
-    for name, ok, p50, p99, errors, per_cpu in rows:
-        print(f"{name:<36}{ok:>10.0f}{p50:>9.1f}{p99:>9.1f}{errors:>8}{per_cpu:>11.0f}")
-    by = {row[0].split(" (")[0]: row for row in rows}
-    http_row = by["business JSON, HTTP"]
-    for label, grpc_row in (
-        ("OIP gRPC", by["OIP, gRPC"]),
-        ("OIP gRPC on grpc.aio", by["OIP, gRPC on grpc.aio"]),
-    ):
+    for name, measured in runs.items():
+        ok, p50, p99 = (statistics.median(m[k] for m in measured) for k in range(3))
+        errors = sum(m[3] for m in measured)
+        rate = statistics.median(m[4] for m in measured)
         print(
-            f"{label} / business JSON HTTP: {grpc_row[1] / http_row[1]:.2f}x req/s, "
-            f"{grpc_row[5] / http_row[5]:.2f}x per server CPU second (per core)"
+            f"{name:<34}{ok:>10.0f}{p50:>9.1f}{p99:>9.1f}{errors:>8}{ok / rate:>7.2f}{rate:>11.0f}"
         )
-    print(f"\nlocust, same server, {seconds} s per user class, {connections} users, one process")
+    for name in (oip_grpc, oip_http):
+        ratios = [a[4] / b[4] for a, b in zip(runs[name], runs[business], strict=True)]
+        mean, low, high = geometric_interval(ratios)
+        print(
+            f"{name} / {business}, req per server CPU-s (per core): {mean:.2f}x over {rounds} "
+            f"rounds, 95 % interval {low:.2f}x to {high:.2f}x (rounds: {min(ratios):.2f}x to "
+            f"{max(ratios):.2f}x)"
+        )
+    business_rate = statistics.median(m[4] for m in runs[business])
+    print(f"{aio} / {business}: {runs[aio][0][4] / business_rate:.2f}x (one run)")
+    print(f"\nlocust, same server, {seconds} s per user class, 64 users, one process")
     header = f"{'user class':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'failures':>10}"
     print(header)
     print("-" * len(header))
@@ -462,36 +505,47 @@ def protocols(store: str, work: Path, seconds: int, connections: int) -> None:
     perf_analyzer(grpc_target, data, work)
 
 
+def per_cpu(load: Load, seconds: int, root: int) -> tuple[float, float, float, int, float]:
+    """``load`` for ``seconds``: (ok req/s, p50 ms, p99 ms, errors, ok requests per CPU-second
+    of ``root``'s process tree)."""
+    cpu = tree_cpu_seconds(root)
+    ok, p50, p99, errors = load(seconds)
+    cpu = tree_cpu_seconds(root) - cpu
+    return ok, p50, p99, errors, ok * seconds / cpu
+
+
 def locust_figures(
-    data: str, grpc_target: str, seconds: int, work: Path
+    data: str, grpc_target: str, seconds: int, work: Path, cores: set[int] | None = None
 ) -> dict[str, tuple[float, float, float, int]]:
-    """(req/s, p50 ms, p99 ms, failures) of a headless locust run of each user class."""
+    """(req/s, p50 ms, p99 ms, failures) of a headless locust run of each user class, on
+    ``cores`` where given."""
     figures = {}
     for user in ("BusinessJsonUser", "OipHttpUser", "OipGrpcUser"):
         prefix = work / f"locust-{user}"
+        command = [
+            str(BIN / "locust"),
+            "-f",
+            "loadtests/locustfile.py",
+            "--headless",
+            "--users",
+            "64",
+            "--spawn-rate",
+            "64",
+            "--run-time",
+            f"{seconds}s",
+            "--host",
+            data,
+            "--grpc-host",
+            grpc_target,
+            "--pipeline",
+            "loans",
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            user,
+        ]
         subprocess.run(
-            [
-                str(BIN / "locust"),
-                "-f",
-                "loadtests/locustfile.py",
-                "--headless",
-                "--users",
-                "64",
-                "--spawn-rate",
-                "64",
-                "--run-time",
-                f"{seconds}s",
-                "--host",
-                data,
-                "--grpc-host",
-                grpc_target,
-                "--pipeline",
-                "loans",
-                "--csv",
-                str(prefix),
-                "--only-summary",
-                user,
-            ],
+            on_cores(command, cores),
             cwd=REPO,
             capture_output=True,
             check=False,  # a failed request makes locust exit 1; the table shows it

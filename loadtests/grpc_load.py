@@ -1,8 +1,9 @@
-"""A closed-loop gRPC load generator for ``ModelInfer``, the counterpart of wrk for HTTP.
+"""gRPC load for ``ModelInfer``: the loan application request, and a run of
+``gateway-grpc-load`` (``loadtests/grpcload``, Go, built by ``make bench``) sending it.
 
-``concurrency`` calls are in flight at all times (spread over a few HTTP/2 channels), each
-sending the same pre-serialized request as raw bytes, so the client spends its time on the
-transport, not on protobuf. Prints one JSON line: ok calls per second, p50 and p99 in ms, errors.
+``concurrency`` calls are in flight at all times (spread over a few HTTP/2 connections), each
+sending the same serialized request, so the client spends its time on the transport. Prints one
+JSON line: ok calls per second, p50 and p99 in ms, failed calls by status code.
 
     python -m loadtests.grpc_load 127.0.0.1:3002 --seconds 20 --concurrency 64
 """
@@ -10,16 +11,16 @@ transport, not on protobuf. Prints one JSON line: ok calls per second, p50 and p
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import time
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
-
-import grpc
 
 from gateway.oip import grpc_predict_v2_pb2 as pb
 
-METHOD = "/inference.GRPCInferenceService/ModelInfer"
 LOANS: dict[str, tuple[str, Any]] = {
     "income": ("FP32", 52000.0),
     "age": ("INT64", 34),
@@ -45,47 +46,43 @@ def loans_request(fields: dict[str, Any] | None = None) -> bytes:
     return request.SerializeToString()
 
 
-async def run(target: str, seconds: float, concurrency: int, channels: int) -> dict[str, Any]:
-    body = loans_request()
-    opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
-    calls = [
-        ch.unary_unary(METHOD, request_serializer=None, response_deserializer=None) for ch in opened
+PROGRAM = "gateway-grpc-load"
+
+
+def program() -> str:
+    """``gateway-grpc-load`` beside this interpreter (where ``make bench`` builds it), else on
+    ``PATH``."""
+    beside = str(Path(sys.executable).parent)
+    found = shutil.which(PROGRAM, path=os.pathsep.join([beside, os.environ.get("PATH", "")]))
+    if found is None:
+        raise FileNotFoundError(f"{PROGRAM} is not built: make bench builds it")
+    return found
+
+
+def run(
+    target: str, seconds: float, concurrency: int, command: list[str] | None = None
+) -> dict[str, Any]:
+    """One load run of ``loans_request()``; ``command`` runs the generator (default: the program
+    itself; the bench puts it on its own core)."""
+    args = [
+        program(),
+        "-target",
+        target,
+        "-seconds",
+        str(seconds),
+        "-concurrency",
+        str(concurrency),
     ]
-    await calls[0](body, timeout=30)  # the answer must be good before the clock starts
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-
-    async def loop(call: Any) -> None:
-        nonlocal errors
-        while (started := time.perf_counter()) < deadline:
-            try:
-                await call(body, timeout=30)
-            except grpc.aio.AioRpcError:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - started)
-
-    began = time.perf_counter()
-    await asyncio.gather(*(loop(calls[i % channels]) for i in range(concurrency)))
-    elapsed = time.perf_counter() - began
-    for ch in opened:
-        await ch.close()
-    latencies.sort()
-
-    def quantile(q: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0
-        )
-
-    return {
-        "ok_per_s": len(latencies) / elapsed,
-        "ok": len(latencies),
-        "p50_ms": quantile(0.5),
-        "p99_ms": quantile(0.99),
-        "errors": errors,
-        "seconds": elapsed,
-    }
+    out = subprocess.run(
+        [*(command or []), *args],
+        input=loans_request(),
+        capture_output=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{PROGRAM} failed: {out.stderr.decode(errors='replace').strip()}")
+    found: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return found
 
 
 def main() -> None:
@@ -93,10 +90,8 @@ def main() -> None:
     parser.add_argument("target", help="host:port of the gRPC server")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--channels", type=int, default=4)
     args = parser.parse_args()
-    result = asyncio.run(run(args.target, args.seconds, args.concurrency, args.channels))
-    print(json.dumps(result))
+    print(json.dumps(run(args.target, args.seconds, args.concurrency)))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ tritonclient's; the gateway's live in the server.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -512,3 +513,26 @@ def test_a_short_headless_locust_run_of_each_user_class(
     for name in ("/predict", "/v2/models/[name]/infer", "ModelInfer"):
         assert int(rows.get(name, {}).get("Request Count", 0)) > 0, (name, ran.stderr)
     assert all(int(row["Failure Count"]) == 0 for row in rows.values()), rows
+
+
+def test_the_bench_grpc_load_generator_gets_answers(loans: Served) -> None:
+    """``gateway-grpc-load``, the bench's gRPC client, sends a loan application that the
+    gateway answers, and counts the answers it gets."""
+    before = metric_samples(httpx.get(f"{loans.base}/metrics").text, "gateway_requests_total")
+    command = [str(VENV_BIN / "python"), "-m", "loadtests.grpc_load", loans.grpc]
+    ran = subprocess.run(
+        [*command, "--seconds", "1.5", "--concurrency", "8"],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    found = json.loads(ran.stdout)
+    assert found["errors"] == 0, found
+    assert found["ok"] > 0
+    assert found["ok_per_s"] == pytest.approx(found["ok"] / found["seconds"])
+    assert 0 < found["p50_ms"] <= found["p99_ms"]
+    after = metric_samples(httpx.get(f"{loans.base}/metrics").text, "gateway_requests_total")
+    label = '{endpoint="/inference.GRPCInferenceService/ModelInfer",status="200"}'
+    assert after[label] - before.get(label, 0) >= found["ok"]
