@@ -422,8 +422,8 @@ def protocols(store: str, work: Path, seconds: int, connections: int, rounds: in
     HTTP and OIP over gRPC: requests per CPU-second of the server, so the protocols compare per
     core; then locust's figures for each of its user classes.
 
-    The server runs on one core and the load generators on another, so a client that costs
-    more CPU (grpc_load is Python, wrk is C) takes none from the server. Each round loads the
+    The server runs on one core and the load generators (wrk, gateway-grpc-load, locust) on
+    another, so a client that costs more CPU takes none from the server. Each round loads the
     protocols one after the other, in turn reversed, and compares them within the round: a
     change in this machine's speed moves a round's protocols alike, where one long run of each
     would put it between them."""

@@ -60,10 +60,10 @@ def program() -> str:
 
 
 def run(
-    target: str, seconds: float, concurrency: int, command: list[str] | None = None
+    target: str, seconds: float, concurrency: int, prefix: list[str] | None = None
 ) -> dict[str, Any]:
-    """One load run of ``loans_request()``; ``command`` runs the generator (default: the program
-    itself; the bench puts it on its own core)."""
+    """One load run of ``loans_request()``, its command line after ``prefix`` where given (the
+    bench's ``taskset``, which keeps it on its own core)."""
     args = [
         program(),
         "-target",
@@ -74,7 +74,7 @@ def run(
         str(concurrency),
     ]
     out = subprocess.run(
-        [*(command or []), *args],
+        [*(prefix or []), *args],
         input=loans_request(),
         capture_output=True,
         check=False,
