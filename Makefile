@@ -48,11 +48,16 @@ serve: install
 	$(BIN)/trainers train $(PIPELINE) --unless-champion
 	GATEWAY_PIPELINE=$(PIPELINE) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml serve --port $(PORT)
 
-# A self-contained bento: the champion imported into the BentoML model store and built in.
+# A self-contained bento: the champion imported into the BentoML model store and built in, with
+# gateway-grpc beside the module that starts it (where it was built).
+BUNDLED_FRONT := gateway/oip/gateway-grpc
 bento: install
+	$(MAKE) -o $(STAMP) grpc-front || echo "gateway-grpc was not built: the bento serves gRPC from Python's grpc.aio"
 	$(BIN)/trainers train $(PIPELINE) --unless-champion
 	GATEWAY_PIPELINE=$(PIPELINE) $(BIN)/python -m gateway.bundle --out bentos/bundle.json
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml build; status=$$?; rm -f bentos/bundle.json; exit $$status
+	if test -x $(FRONT); then cp $(FRONT) $(BUNDLED_FRONT); fi
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml build; status=$$?; \
+		rm -f bentos/bundle.json $(BUNDLED_FRONT); exit $$status
 
 # Not part of `make test`: throughput and latency against mlflow models serve and plain BentoML.
 bench: install grpc-front grpc-load

@@ -40,10 +40,11 @@ RESTART_S = 1.0
 
 
 def program() -> str | None:
-    """``gateway-grpc`` beside this interpreter (the environment ``make`` built it into), else
-    on ``PATH``; None when it was not built."""
-    beside = str(Path(sys.executable).parent)
-    return shutil.which(PROGRAM, path=os.pathsep.join([beside, os.environ.get("PATH", "")]))
+    """``gateway-grpc`` beside this module (where ``make bento`` puts it, so that a bento brings
+    its own), else beside this interpreter (the environment ``make`` built it into), else on
+    ``PATH``; None when it was not built."""
+    places = [str(Path(__file__).parent), str(Path(sys.executable).parent)]
+    return shutil.which(PROGRAM, path=os.pathsep.join([*places, os.environ.get("PATH", "")]))
 
 
 class CallContext:
@@ -212,7 +213,7 @@ class GrpcFront:
         log.info(
             "gRPC (Open Inference Protocol v2) listening on %s (%s, pid %d)",
             self.address,
-            PROGRAM,
+            self.exe,
             process.pid,
         )
         return process

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import httpx
+import tritonclient.grpc as grpcclient
 from mlflow import MlflowClient
 
 from tests.conftest import FAST_LOANS, train_ok
@@ -83,4 +85,13 @@ def test_built_bento_serves_without_the_tracking_store(tmp_path: Path, loans_dat
             assert r.status_code == 200, r.text
             assert r.json()["model_version"] == "1"
             assert r.json()["run_id"] == version.run_id
-    assert "serving the bundled loans:1-" in (tmp_path / "bento.log").read_text()
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{serve_env['GATEWAY_GRPC_PORT']}")
+        assert grpc.is_model_ready("loans")
+        grpc.close()
+    log = (tmp_path / "bento.log").read_text()
+    assert "serving the bundled loans:1-" in log
+    # gRPC is carried by the gateway-grpc that the bento brought, not the environment's
+    (front,) = re.findall(r"listening on \S+ \((\S+), pid \d+\)", log)
+    assert front.startswith(f"{env['BENTOML_HOME']}/bentos/lineage-gateway/"), front
+    assert front.endswith("/src/gateway/oip/gateway-grpc"), front
+    assert not (REPO / "gateway" / "oip" / "gateway-grpc").exists()

@@ -313,7 +313,7 @@ def test_grpc_is_carried_by_a_native_front_per_worker(loans: Served, reviews: Se
     """loans (``auto``) answers gRPC through ``gateway-grpc``, one per worker; reviews
     (``python``) through grpc.aio. The worker refuses what the front passes on unparsed, and a
     front that dies is started again."""
-    fronts = re.findall(r"\(gateway-grpc, pid (\d+)\)", loans.log.read_text())
+    fronts = re.findall(r"/gateway-grpc, pid (\d+)\)", loans.log.read_text())
     assert len(fronts) == 2
     assert "(grpc.aio)" in reviews.log.read_text()
     assert "gateway-grpc" not in reviews.log.read_text()
@@ -331,7 +331,7 @@ def test_grpc_is_carried_by_a_native_front_per_worker(loans: Served, reviews: Se
     os.kill(int(fronts[0]), signal.SIGKILL)
 
     def started_again() -> bool:
-        return len(re.findall(r"\(gateway-grpc, pid (\d+)\)", loans.log.read_text())) == 3
+        return len(re.findall(r"/gateway-grpc, pid (\d+)\)", loans.log.read_text())) == 3
 
     wait_until(started_again, 20, "the killed front started again")
     items = objects("loans", 4, seed=3)
