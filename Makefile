@@ -30,7 +30,7 @@ $(FRONT): grpcfront/main.go | $(STAMP)
 		&& test -d /usr/share/gocode/src/golang.org/x/sys \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends golang-go golang-google-grpc-dev golang-golang-x-sys-dev)
-	GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$(abspath build/go-cache)" \
+	CGO_ENABLED=0 GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$(abspath build/go-cache)" \
 		go build -o $@ ./grpcfront
 
 grpc-front: $(FRONT)
@@ -38,7 +38,7 @@ grpc-front: $(FRONT)
 # The bench's gRPC load generator (loadtests/grpcload/, Go): one core of it saturates a worker.
 LOAD := $(BIN)/gateway-grpc-load
 $(LOAD): loadtests/grpcload/main.go | $(FRONT)
-	GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$(abspath build/go-cache)" \
+	CGO_ENABLED=0 GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$(abspath build/go-cache)" \
 		go build -o $@ ./loadtests/grpcload
 
 grpc-load: $(LOAD)

@@ -215,10 +215,9 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
                 plane = DataPlane(Starlette(routes=lean), settings.data_host, settings.data_port)
                 await plane.start()
             if settings.grpc_port:
-                from gateway.oip.grpc_front import grpc_server  # grpc: only where it serves
+                from gateway.oip.grpc_front import start_grpc  # grpc: only where it serves
 
-                rpc = grpc_server(Oip(get_core), settings)
-                await rpc.start()
+                rpc = await start_grpc(Oip(get_core), settings)
             yield
         finally:
             if rpc is not None:

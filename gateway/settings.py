@@ -75,7 +75,7 @@ class GatewaySettings(BaseSettings):
     grpc_server: Literal["auto", "native", "python"] = "auto"
     """Which gRPC server each worker runs: ``native``, the ``gateway-grpc`` front that ``make``
     builds (Go; it carries the calls to the worker, which answers them), ``python``, grpc.aio in
-    the worker, or ``auto``: the native front where it was built."""
+    the worker, or ``auto``: the native front where it was built and starts, else grpc.aio."""
 
     # -- the loop: prediction log, drift monitor, alerts, retrain ------------------------------
     state_dir: Path = Path("gateway-state")

@@ -260,12 +260,23 @@ async def _end(process: asyncio.subprocess.Process) -> None:
             await process.wait()
 
 
-def grpc_server(oip: Oip, settings: GatewaySettings) -> GrpcFront | GrpcServer:
-    """The worker's gRPC server, as ``GATEWAY_GRPC_SERVER`` says."""
+async def start_grpc(oip: Oip, settings: GatewaySettings) -> GrpcFront | GrpcServer:
+    """The worker's gRPC server, started, as ``GATEWAY_GRPC_SERVER`` says. With ``auto``, a
+    front that was built but does not start here (a binary built for another system) gives
+    way to grpc.aio; with ``native`` it is an error."""
     host, port, limit = settings.data_host, settings.grpc_port, settings.max_body_bytes
     exe = program() if settings.grpc_server != "python" else None
     if exe is not None:
-        return GrpcFront(oip, host, port, limit, exe)
-    if settings.grpc_server == "native":
+        front = GrpcFront(oip, host, port, limit, exe)
+        try:
+            await front.start()
+            return front
+        except OSError as exc:
+            if settings.grpc_server == "native":
+                raise
+            log.warning("%s; serving gRPC from grpc.aio instead", exc)
+    elif settings.grpc_server == "native":
         raise OSError(f"GATEWAY_GRPC_SERVER=native, but {PROGRAM} was not built (make grpc-front)")
-    return GrpcServer(oip, host, port, limit)
+    server = GrpcServer(oip, host, port, limit)
+    await server.start()
+    return server

@@ -181,3 +181,56 @@ def test_a_port_held_by_another_program_is_refused(
         output, _ = front.communicate(timeout=10)
     assert front.returncode != 0
     assert b"cannot bind the gRPC port" in output
+
+
+START = """
+import asyncio, logging, sys
+import grpc
+from gateway.oip import grpc_front
+from gateway.oip.service import Oip
+from gateway.settings import GatewaySettings
+
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+grpc_front.program = lambda: sys.argv[1]  # the front found where a bento put it
+
+
+async def main() -> None:
+    settings = GatewaySettings(data_port=0, grpc_port=int(sys.argv[2]), grpc_server=sys.argv[3])
+    try:
+        server = await grpc_front.start_grpc(Oip(lambda: None), settings)
+    except OSError as exc:
+        print("refused:", exc)
+        return
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sys.argv[2]}") as channel:
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        print(type(server).__name__, "live:", (await live(b"", timeout=10)) == b"\\x08\\x01")
+    await server.stop()
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"), [("auto", "GrpcServer live: True"), ("native", "refused:")]
+)
+def test_a_front_that_cannot_start_here_gives_way_to_grpc_aio(
+    tmp_path: Path, setting: str, expected: str
+) -> None:
+    """A built front that does not run on this system (one built elsewhere, brought by a bento):
+    with ``auto`` the worker serves gRPC from grpc.aio and says why; with ``native`` it refuses
+    to start. (In a process of its own: gateway's stubs and tritonclient's cannot share one.)"""
+    broken = tmp_path / "gateway-grpc"
+    broken.write_text("#!/bin/sh\necho 'cannot execute: required file not found'\nexit 126\n")
+    broken.chmod(0o755)
+    ran = subprocess.run(
+        [sys.executable, "-c", START, str(broken), str(free_port()), setting],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert ran.stdout.startswith(expected), ran.stdout + ran.stderr
+    assert "cannot execute: required file not found" in ran.stdout + ran.stderr
+    if setting == "auto":
+        assert "serving gRPC from grpc.aio instead" in ran.stderr
