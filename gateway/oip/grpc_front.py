@@ -80,7 +80,7 @@ class Link(asyncio.Protocol):
         self.buffer += data
         calls = frames.calls(self.buffer)
         infers = [(call, request) for call, method, request in calls if method == "ModelInfer"]
-        if len(infers) > 1:  # answered together: one task, one submission to the batcher
+        if infers:  # answered together: one task, one submission to the batcher
             self.start(self.answer_together(infers))
             calls = [c for c in calls if c[1] != "ModelInfer"]
         for call, method, request in calls:
