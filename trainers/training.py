@@ -193,7 +193,7 @@ def _run(client: MlflowClient, run_id: str, plan: _Plan, reporter: Reporter) -> 
     client.set_tag(run_id, lineage.MODEL_URI, info.model_uri)
 
     reporter.stage("registering and gating")
-    version = _register(client, pipeline.name, info.model_uri, run_id)
+    version = _register(client, pipeline.name, info, run_id)
     try:
         champion = registry.alias_version(client, pipeline.name, registry.CHAMPION)
         result = registry.gate(pipeline, predictor, champion, test_df, plan.request.min_improvement)
@@ -240,13 +240,17 @@ def retrain_request(
     )
 
 
-def _register(client: MlflowClient, name: str, model_uri: str, run_id: str) -> str:
+def _register(client: MlflowClient, name: str, info: Any, run_id: str) -> str:
+    """A new version of ``name`` from the logged model ``info``. A tracking server checks that
+    a ``models:/m-…`` source belongs to the logged model named by ``model_id``."""
     try:
         client.create_registered_model(name)
     except mlflow.exceptions.MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    mv = client.create_model_version(name, source=model_uri, run_id=run_id)
+    mv = client.create_model_version(
+        name, source=info.model_uri, run_id=run_id, model_id=info.model_id
+    )
     return str(mv.version)
 
 

@@ -8,12 +8,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
 from mlflow import MlflowClient
 
-from tests.conftest import FAST_LOANS, train_ok
+from tests.conftest import FAST_LOANS, Tracking, train_ok
 from tests.helpers import cli, metric_samples, serve_gateway, wait_until
 from tests.integration.test_serving import APPLICATION
 
@@ -55,18 +54,19 @@ class Load:
             t.join()
 
 
-def tamper(store: str, version: str) -> None:
-    uri = MlflowClient(store, store).get_model_version_download_uri("loans", version)
-    weights = Path(urlparse(uri).path) / "artifacts" / "predictor" / "model.safetensors"
+def tamper(tracking: Tracking, version: str) -> None:
+    client = MlflowClient(tracking.uri, tracking.uri)
+    uri = client.get_model_version_download_uri("loans", version)
+    weights = tracking.local_path(uri) / "artifacts" / "predictor" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
 
 
 def test_promote_rollback_and_refuse_a_tampered_version_under_load(
-    tmp_path: Path, loans_data: Path
+    tracking: Tracking, tmp_path: Path, loans_data: Path
 ) -> None:
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = tracking.uri
     train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
     for seed in ("1", "2"):  # v2, v3: registered, kept out of champion by the gate
         train_ok(
@@ -103,7 +103,7 @@ def test_promote_rollback_and_refuse_a_tampered_version_under_load(
             wait_until(swaps("swapped", 4), 60, "both workers back on v1")
             wait_until(lambda: load.latest(40) == {"1"}, 60, "answers from v1")
 
-            tamper(store, "3")
+            tamper(tracking, "3")
             assert cli(store, "promote", "loans", "3").exit_code == 0
             wait_until(swaps("refused", 2), 60, "tampered v3 refused by both workers")
             time.sleep(1)

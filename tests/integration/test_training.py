@@ -1,4 +1,6 @@
-"""Training against a real MLflow sqlite store: registry, lineage, gate, rollback, retrain."""
+"""Training against real MLflow stores: registry, lineage, gate, rollback, retrain — on the
+embedded sqlite default, and the lineage, gate and retrain tests again on ``mlflow server`` with a
+PostgreSQL backend and proxied artifacts."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import FAST_LOANS, TINY_REVIEWS, make_snapshot, train_ok
+from tests.conftest import FAST_LOANS, TINY_REVIEWS, Tracking, make_snapshot, train_ok
 from tests.helpers import cli
 from trainers import lineage, pipelines
 from trainers.packaging import unwrap
@@ -103,8 +105,9 @@ def test_train_register_load_predict(
 
 
 def test_lineage_records_everything(
-    store: str, loans_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tracking: Tracking, loans_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = tracking.uri
     repo = tmp_path / "project"
     repo.mkdir()
     git = ["git", "-C", str(repo), "-c", "user.email=t@example.org", "-c", "user.name=t"]
@@ -175,8 +178,9 @@ def test_lineage_records_everything(
 
 
 def test_retrain_chain_names_parents_and_triggers(
-    store: str, loans_data: Path, snapshots: Path
+    tracking: Tracking, loans_data: Path, snapshots: Path
 ) -> None:
+    store = tracking.uri
     train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS, "--param", "seed=7")
     first = lineage_json(store, "loans/1")["run"]
     shifted = make_snapshot(snapshots, "loans", 2000, shift=0.5, seed=3)
@@ -215,7 +219,8 @@ def test_retrain_chain_names_parents_and_triggers(
     assert "manual check" in runs
 
 
-def test_gate_rejects_worse_challenger_and_rollback(store: str, loans_data: Path) -> None:
+def test_gate_rejects_worse_challenger_and_rollback(tracking: Tracking, loans_data: Path) -> None:
+    store = tracking.uri
     train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
     output = train_ok(store, "loans", "--data", str(loans_data), "--param", "epochs=0")
     assert "gate rejected" in output

@@ -1,0 +1,108 @@
+"""Services the tests start for real: a throwaway PostgreSQL cluster and an MLflow tracking server
+on it (PostgreSQL backend store, proxied artifacts)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import VENV_BIN, free_port, process, wait_until
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PSYCOPG = "postgresql+psycopg"  # SQLAlchemy's name for psycopg 3, the driver installed here
+
+
+def _as_postgres(args: Sequence[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run it as the ``postgres`` user."""
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else list(args)
+
+
+def _pg(tool: str) -> str:
+    found = PG_BIN / tool
+    return str(found) if found.exists() else (shutil.which(tool) or tool)
+
+
+@dataclass(frozen=True)
+class Postgres:
+    host: str
+    port: int
+
+    def url(self, database: str, driver: str = "postgresql") -> str:
+        return f"{driver}://postgres@{self.host}:{self.port}/{database}"
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database (empty, or a copy of ``template``); its ``postgresql://`` URL."""
+        import psycopg
+
+        copy = f' TEMPLATE "{template}"' if template else ""
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"{copy}')
+        return self.url(name)
+
+
+@contextlib.contextmanager
+def postgres(listen: Sequence[str] = ("127.0.0.1",)) -> Iterator[Postgres]:
+    """A PostgreSQL cluster in a temporary directory on a free port, trusting every local
+    connection (a test cluster), listening on ``listen``; removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="gateway-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres", "postgres")
+    data, port = directory / "data", free_port()
+    subprocess.run(
+        _as_postgres([_pg("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]),
+        check=True,
+        capture_output=True,
+    )
+    options = (
+        f"-p {port} -k {directory} -c listen_addresses='{','.join(listen)}' "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
+    with (data / "pg_hba.conf").open("a") as hba:
+        hba.write("host all all 0.0.0.0/0 trust\n")
+    start = [_pg("pg_ctl"), "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w"]
+    subprocess.run(_as_postgres([*start, "start"]), check=True, capture_output=True)
+    try:
+        yield Postgres(listen[0], port)
+    finally:
+        subprocess.run(
+            _as_postgres([_pg("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    backend: str, artifacts: Path, logs: Path, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """``mlflow server`` on ``backend`` with proxied artifacts under ``artifacts``; its URL."""
+    port = free_port()
+    args = [
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--allowed-hosts",
+        "*",
+    ]
+    url = f"http://{host}:{port}"
+    with process(args, cwd=logs, env={}, log=logs / f"mlflow-server-{port}.log") as proc:
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 120, "mlflow server", proc)
+        yield url
