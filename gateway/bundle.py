@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import bentoml
-from mlflow import MlflowClient
 
 from gateway.loader import Fetched, fetch, load_local, verify
 from gateway.model import LoadedModel
@@ -36,7 +35,7 @@ def bundle(settings: GatewaySettings) -> str:
             return str(bentoml.models.get(tag).tag)
         except bentoml.exceptions.NotFound:
             pass
-        client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+        client = settings.mlflow()
         data_sha256 = client.get_run(fetched.run_id).data.tags.get(DATA_SHA256_TAG, "")
         labels = {
             "pipeline": fetched.name,

@@ -17,12 +17,12 @@ from pydantic import BaseModel, ValidationError
 from gateway.batching import Batcher, BatchStats, check_outputs
 from gateway.device import Device, make_device
 from gateway.errors import BadRequest, GatewayError, InvalidInput, InvalidTensor, Unavailable
-from gateway.loop import RetrainLoop
 from gateway.metrics import GatewayMetrics, outcome_field
 from gateway.model import LoadedModel
-from gateway.monitor import DriftMonitor
 from gateway.predlog import PredictionLog, request_ids
 from gateway.settings import GatewaySettings
+from gateway.store import Store
+from trainers.sqlstore import StoreError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -140,13 +140,10 @@ class GatewayCore:
         self._refused: str | None = None  # a version that failed; retried only on reload
         self._watcher: asyncio.Task[None] | None = None
         self.predictions: PredictionLog | None = None
-        self.retrains: RetrainLoop | None = None
-        self.monitor: DriftMonitor | None = None
 
     async def start(self) -> None:
         await self.device.start()
         self.served.batcher.start()
-        await self._start_loop()
         self._show(self.served.model, 1)
         if self.settings.poll_interval_s > 0:
             self._watcher = asyncio.get_running_loop().create_task(self._follow_alias())
@@ -164,32 +161,10 @@ class GatewayCore:
         await self.served.batcher.drain()
         await self.served.batcher.stop()
         await self.device.stop()
-        if self.monitor is not None:
-            await self.monitor.stop()
-        if self.retrains is not None:
-            await self.retrains.stop()
-        if self.predictions is not None:
-            await asyncio.to_thread(self.predictions.close)
 
-    async def _start_loop(self) -> None:
-        """The prediction log, the drift monitor and the retrain path (each optional)."""
-        settings, metrics = self.settings, self.metrics
-        if not settings.log_predictions:
-            return
-        path = settings.state_dir / "predictions.db"
-        self.predictions = self.served.predictions = PredictionLog(
-            path, settings.log_buffer, metrics
-        )
-        current = self._current_model
-        self.retrains = RetrainLoop(settings, metrics, self.predictions, current, self.swap)
-        if settings.drift_enabled:
-            self.monitor = DriftMonitor(
-                settings, metrics, self.predictions, current, self.retrains.alert
-            )
-            await self.monitor.start()
-
-    def _current_model(self) -> LoadedModel:
-        return self.served.model
+    def log_to(self, predictions: PredictionLog) -> None:
+        """Offer every answered batch to ``predictions`` from now on."""
+        self.predictions = self.served.predictions = predictions
 
     # -- requests ---------------------------------------------------------------------------
     async def answer(self, validate: Callable[[LoadedModel], list[BaseModel]]) -> Answered:
@@ -250,15 +225,10 @@ class GatewayCore:
         them under ``feedback``."""
         if self.predictions is None:
             raise Unavailable("feedback needs the prediction log (GATEWAY_LOG_PREDICTIONS)")
-        model = self.served.model
-        try:
-            labels = validate_feedback(model, payload, self.settings.max_bulk)
-        except InvalidInput:
-            self.metrics.safely(lambda: self.metrics.feedback.labels("refused").inc())
-            raise
-        self.predictions.record_feedback(labels)
-        self.metrics.safely(lambda: self.metrics.feedback.labels("recorded").inc(len(labels)))
-        return {"recorded": len(labels)}
+        limit = self.settings.max_bulk
+        return record_feedback(
+            self.predictions.store, self.served.model, payload, limit, self.metrics
+        )
 
     def _checked(self, validate: Callable[..., T], *args: Any) -> T:
         try:
@@ -324,9 +294,8 @@ class GatewayCore:
 
     async def _follow_alias(self) -> None:
         """Poll the registry alias; swap when it moves. A store that is down changes nothing."""
-        from mlflow import MlflowClient
 
-        client = MlflowClient(self.settings.tracking_uri, self.settings.tracking_uri)
+        client = self.settings.mlflow()
         name, alias = self.settings.pipeline, self.settings.alias
         while True:
             await asyncio.sleep(self.settings.poll_interval_s)
@@ -338,6 +307,23 @@ class GatewayCore:
             version = str(mv.version)
             if version not in (self.served.model.version, self._refused):
                 await self.swap(version)
+
+
+def record_feedback(
+    store: Store, model: LoadedModel, payload: Any, limit: int, metrics: GatewayMetrics
+) -> dict[str, Any]:
+    """Validate ground truth against ``model``'s target and record it in the shared store."""
+    try:
+        labels = validate_feedback(model, payload, limit)
+    except InvalidInput:
+        metrics.safely(lambda: metrics.feedback.labels("refused").inc())
+        raise
+    try:
+        store.record_feedback(labels)
+    except StoreError as exc:
+        raise Unavailable(f"the store cannot record feedback now ({exc}); send it again") from exc
+    metrics.safely(lambda: metrics.feedback.labels("recorded").inc(len(labels)))
+    return {"recorded": len(labels)}
 
 
 def _from_registry(settings: GatewaySettings, version: str | None) -> LoadedModel:

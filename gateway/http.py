@@ -8,7 +8,6 @@ import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,10 +18,8 @@ from starlette.routing import Route
 
 from gateway.batching import Overloaded
 from gateway.core import GatewayCore, bulk_key, parse_json
-from gateway.dataplane import DataPlane
 from gateway.errors import (
     GatewayError,
-    InvalidInput,
     PayloadTooLarge,
     Unauthorized,
     Unavailable,
@@ -32,6 +29,7 @@ from gateway.model import LoadedModel
 from gateway.oip.rest import SUMMARIES as OIP_SUMMARIES
 from gateway.oip.rest import routes as oip_routes
 from gateway.oip.service import Oip
+from gateway.worker import Worker
 
 LINEAGE_HEADERS = {
     "model_name": "x-model-name",
@@ -54,7 +52,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _json_body(request: Request, limit: int) -> Any:
+async def json_body(request: Request, limit: int) -> Any:
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType(
@@ -67,7 +65,7 @@ def _lineage_headers(answer: Mapping[str, Any]) -> dict[str, str]:
     return {header: str(answer[key]) for key, header in LINEAGE_HEADERS.items()}
 
 
-def _error(exc: Exception) -> JSONResponse:
+def error_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, Overloaded):
         return JSONResponse(
             {"error": f"overloaded: {exc}"},
@@ -78,9 +76,18 @@ def _error(exc: Exception) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status_code)
 
 
+def bearer(request: Request, token: str | None, what: str) -> None:
+    """Refuse ``request`` unless it carries ``token`` (a route without a token is disabled)."""
+    if not token:
+        raise Unavailable(f"{what} is disabled (no token set)")
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise Unauthorized("a valid bearer token is required")
+
+
 def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
-    """Routes over the core returned by ``get_core``; the core (its batcher, alias watcher and
-    data plane) runs while the app lives."""
+    """Routes over the core returned by ``get_core``; the worker around it
+    (:class:`gateway.worker.Worker`) runs while the app lives."""
 
     def counted(name: str, endpoint: Endpoint) -> Endpoint:
         async def wrapper(request: Request) -> Response:
@@ -89,7 +96,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
             try:
                 response = await endpoint(request)
             except (GatewayError, Overloaded) as exc:
-                response = _error(exc)
+                response = error_response(exc)
                 if isinstance(exc, Overloaded):
                     core.metrics.safely(lambda: core.metrics.shed.labels(name).inc())
             elapsed = time.perf_counter() - started
@@ -103,7 +110,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
     ) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             core = get_core()
-            payload = await _json_body(request, core.settings.max_body_bytes)
+            payload = await json_body(request, core.settings.max_body_bytes)
             answer = await call(core, payload)
             headers = _lineage_headers(answer)
             if "request_id" in answer:
@@ -130,53 +137,16 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         body, content_type = get_core().metrics.exposition()
         return Response(body, media_type=content_type)
 
-    def _bearer(request: Request, token: str | None, what: str) -> None:
-        if not token:
-            raise Unavailable(f"{what} is disabled (no token set)")
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized("a valid bearer token is required")
-
     async def reload(request: Request) -> Response:
         core = get_core()
-        _bearer(request, core.settings.reload_token, "reload (GATEWAY_RELOAD_TOKEN)")
+        bearer(request, core.settings.reload_token, "reload (GATEWAY_RELOAD_TOKEN)")
         result = await core.swap()
         return JSONResponse(result, status_code=200 if "error" not in result else 409)
 
     async def feedback(request: Request) -> Response:
         core = get_core()
-        payload = await _json_body(request, core.settings.max_body_bytes)
+        payload = await json_body(request, core.settings.max_body_bytes)
         return JSONResponse(await asyncio.to_thread(core.feedback, payload))
-
-    async def alerts(request: Request) -> Response:
-        core = get_core()
-        _bearer(request, core.settings.alert_token, "the alert webhook (GATEWAY_ALERT_TOKEN)")
-        payload = await _json_body(request, core.settings.max_body_bytes)
-        if core.retrains is None:
-            raise Unavailable("alerts need the prediction log (GATEWAY_LOG_PREDICTIONS)")
-        try:
-            return JSONResponse(await core.retrains.alertmanager(payload))
-        except ValueError as exc:
-            raise InvalidInput(str(exc), [{"field": "alerts", "message": str(exc)}]) from exc
-
-    def _report(name: str) -> Path:
-        path = get_core().settings.state_dir / "reports" / name
-        if not path.is_file():
-            raise Unavailable("no drift window has been evaluated yet")
-        return path
-
-    async def drift(request: Request) -> Response:
-        return Response(_report("latest.json").read_bytes(), media_type="application/json")
-
-    async def drift_report(request: Request) -> Response:
-        return Response(_report("latest.html").read_bytes(), media_type="text/html")
-
-    async def retrains(request: Request) -> Response:
-        core = get_core()
-        if core.predictions is None:
-            raise Unavailable("retrains need the prediction log (GATEWAY_LOG_PREDICTIONS)")
-        found = await asyncio.to_thread(core.predictions.retrains, core.served.model.name)
-        return JSONResponse({"retrains": found})
 
     predict_routes = {
         ("/predict", "POST"): predicting(GatewayCore.predict_one),
@@ -190,10 +160,6 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         ("/metrics", "GET"): metrics,
         ("/admin/reload", "POST"): reload,
         ("/feedback", "POST"): feedback,
-        ("/drift", "GET"): drift,
-        ("/drift/report", "GET"): drift_report,
-        ("/alerts", "POST"): alerts,
-        ("/retrains", "GET"): retrains,
         **oip_routes(Oip(get_core), read_body, _lineage_headers),
     }
     handlers = {key: counted(key[0], endpoint) for key, endpoint in routes.items()}
@@ -202,29 +168,17 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         core = get_core()
-        await core.start()
-        shed_by = tuple(path for path, _ in predict_routes)  # the routes that can shed
-        core.metrics.safely(lambda: core.metrics.declare(core.served.model.name, shed_by))
-        for path, extra in describe(core.served.model).items():
-            docs[path].update(extra)
-        settings = core.settings
-        plane = rpc = None
+        lean = Starlette(routes=[Route(p, h, methods=[m]) for (p, m), h in handlers.items()])
+        worker = Worker(core, lean)
         try:
-            if settings.data_port:
-                lean = [Route(p, h, methods=[m]) for (p, m), h in handlers.items()]
-                plane = DataPlane(Starlette(routes=lean), settings.data_host, settings.data_port)
-                await plane.start()
-            if settings.grpc_port:
-                from gateway.oip.grpc_front import start_grpc  # grpc: only where it serves
-
-                rpc = await start_grpc(Oip(get_core), settings)
+            await worker.start()
+            shed_by = tuple(path for path, _ in predict_routes)  # the routes that can shed
+            core.metrics.safely(lambda: core.metrics.declare(core.served.model.name, shed_by))
+            for path, extra in describe(core.served.model).items():
+                docs[path].update(extra)
             yield
         finally:
-            if rpc is not None:
-                await rpc.stop()
-            if plane is not None:
-                await plane.stop()
-            await core.stop()
+            await worker.stop()
 
     # Mounted in the Bento: a FastAPI app, because BentoML's OpenAPI document includes the
     # routes of mounted FastAPI apps; the business schemas are filled in once the model is loaded.
@@ -250,10 +204,6 @@ SUMMARIES = {
     "/metrics": "Prometheus metrics of all workers",
     "/admin/reload": "Read the registry alias now and swap if it moved (bearer token)",
     "/feedback": "Ground truth for past answers, by request_id",
-    "/drift": "The latest drift window: share, per-column scores and verdict (JSON)",
-    "/drift/report": "The latest drift window's Evidently report (HTML)",
-    "/alerts": "Alertmanager webhook: a firing alert starts a retrain (bearer token)",
-    "/retrains": "Retrains started by alerts and how they ended",
     **OIP_SUMMARIES,
 }
 

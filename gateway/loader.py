@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from gateway.batching import check_outputs
@@ -63,7 +62,7 @@ class Fetched:
 def fetch(settings: GatewaySettings, version: str | None, into: Path) -> Fetched:
     """Download ``version`` (default: the alias's) and its recorded sha256 values into ``into``."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    client = settings.mlflow()
     name = settings.pipeline
     try:
         mv = (

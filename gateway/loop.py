@@ -1,22 +1,24 @@
-"""The retrain path: an alert → ``trainers retrain --from-run <champion run>`` in its own process →
-the gate → a hot swap when the challenger was promoted.
+"""The retrain path, run by the active loop controller: an alert → ``trainers retrain --from-run
+<champion run>`` in its own process → the gate → the controller follows a promoted version at
+once, and every replica within its alias poll interval.
 
 Alerts come from the drift monitor or from Prometheus Alertmanager's webhook; each alert key is
-recorded in the prediction log first, so a key seen by any worker before starts nothing. One
-retrain runs at a time: the lock file is taken by the worker and handed to the retrain process
-(its descriptor is inherited), so the lock lives as long as the retrain, and in the worker until
-the outcome is recorded (the swap to a promoted version included) — a crash of the retrain
-releases it once the failure is recorded, a crash of the worker does not while the retrain
-runs. A failed or rejected retrain leaves the
-champion serving; it is logged, counted, recorded in the prediction log (and by the gate in
-MLflow), and the next alert may retrain again.
+recorded in the shared store first, so a key seen by any controller before starts nothing. One
+retrain runs at a time: a retrain counts as running from its start until its outcome is
+recorded in the store (the follow of a promoted version included), and the monitor raises no
+alert meanwhile. A controller that takes over from one that died adopts the retrains left
+running: it reads their outcome from their MLflow run (found by its trigger tag) instead of
+from the process. A failed or rejected retrain leaves the champion serving; it is logged,
+counted, recorded (and by the gate in MLflow), and the next alert may retrain again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -25,15 +27,16 @@ from typing import Any
 
 import pandas as pd
 
-from gateway.locks import release, try_lock
 from gateway.metrics import GatewayMetrics
 from gateway.model import LoadedModel
-from gateway.predlog import PredictionLog
 from gateway.settings import GatewaySettings
+from gateway.store import Store
 
 log = logging.getLogger(__name__)
 TRIGGER_TAG = "lineage.trigger"  # what `trainers` records as the reason of a run
 MAX_FEEDBACK_ROWS = 50_000
+HOST = socket.gethostname()
+ADOPTED_POLL_S = 2.0
 
 
 class RetrainLoop:
@@ -41,36 +44,72 @@ class RetrainLoop:
         self,
         settings: GatewaySettings,
         metrics: GatewayMetrics,
-        predictions: PredictionLog,
+        store: Store,
         served: Callable[[], LoadedModel],
-        swap: Callable[[], Awaitable[dict[str, Any]]],
+        follow: Callable[[], Awaitable[Any]],
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.predictions = predictions
+        self.store = store
         self.served = served
-        self.swap = swap
+        self.follow = follow
+        """Called once a retrain promoted its version (the controller loads it at once)."""
         self.dir = settings.state_dir / "retrains"
         self._tasks: set[asyncio.Task[None]] = set()
+        self._following: set[str] = set()  # retrains whose outcome this controller awaits
+        self._starting = asyncio.Lock()
 
     async def stop(self) -> None:
         for task in list(self._tasks):  # the retrain process itself keeps running
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def busy(self, model: LoadedModel) -> bool:
+        """Whether a retrain of ``model`` is running (by any controller)."""
+        return bool(await asyncio.to_thread(self.store.running_retrains, model.name))
+
+    async def adopt(self) -> None:
+        """Follow the retrains a controller that stopped left running (called on taking over)."""
+        model = self.served()
+        for row in await asyncio.to_thread(self.store.running_retrains, model.name):
+            if row["alert_id"] in self._following:
+                continue
+            log.warning(
+                "retrain %s (pid %s on %s) was left running: following its MLflow run",
+                row["alert_id"],
+                row["pid"],
+                row["host"],
+            )
+            self._track(self._adopted(row, model), row["alert_id"])
+
+    def _track(self, work: Awaitable[None], trigger: str) -> None:
+        self._following.add(trigger)
+
+        async def run() -> None:
+            try:
+                await work
+            finally:
+                self._following.discard(trigger)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # -- intake -----------------------------------------------------------------------------
     async def alert(self, key: str, source: str, detail: dict[str, Any]) -> dict[str, Any]:
         """Start the retrain path for a new alert ``key``; a key seen before starts nothing."""
         model = self.served()
-        first = await asyncio.to_thread(self.predictions.first_alert, key, source, detail)
+        if source == "monitor" and await self.busy(model):
+            return {"alert": key, "accepted": False, "reason": "a retrain is running"}
+        first = await asyncio.to_thread(self.store.first_alert, key, source, detail)
         if not first:
             return {"alert": key, "accepted": False, "reason": "already seen"}
         self.metrics.safely(lambda: self.metrics.drift_alerts.labels(model.name, source).inc())
         if not self.settings.retrain_on_alert:
             return {"alert": key, "accepted": True, "retrain": "disabled"}
-        started = await self.retrain(_trigger_id(key), model)
+        started = await self.retrain(_trigger_id(key), key, model)
         if started["retrain"] == "skipped":  # too few labels yet: a re-send may try again
-            await asyncio.to_thread(self.predictions.forget_alert, key)
+            await asyncio.to_thread(self.store.forget_alert, key)
         return {"alert": key, "accepted": True, **started}
 
     async def alertmanager(self, payload: Any) -> dict[str, Any]:
@@ -97,24 +136,24 @@ class RetrainLoop:
         return {"alerts": results}
 
     # -- the retrain ------------------------------------------------------------------------
-    async def retrain(self, trigger: str, model: LoadedModel) -> dict[str, Any]:
+    async def retrain(self, trigger: str, key: str, model: LoadedModel) -> dict[str, Any]:
+        async with self._starting:
+            if await self.busy(model):
+                log.warning("alert %s: a retrain is already running; not starting another", trigger)
+                return {"retrain": "busy"}
+            return await self._start(trigger, key, model)
+
+    async def _start(self, trigger: str, key: str, model: LoadedModel) -> dict[str, Any]:
         self.dir.mkdir(parents=True, exist_ok=True)
-        lock = try_lock(str(self.dir / "retrain.lock"))
-        if lock is None:
-            log.warning("alert %s: a retrain is already running; not starting another", trigger)
-            return {"retrain": "busy"}
         try:
             data = await asyncio.to_thread(self._data, model, trigger)
         except Exception as exc:
-            release(lock)
             log.warning("alert %s: no retrain (%s)", trigger, exc)
             self._count(model, "skipped")
             return {"retrain": "skipped", "reason": str(exc)}
         logfile = self.dir / f"{trigger}.log"
         command = [
             *_trainers(),
-            "--tracking-uri",
-            self.settings.tracking_uri,
             "retrain",
             "--from-run",
             model.run_id,
@@ -124,15 +163,14 @@ class RetrainLoop:
             trigger,
             *shlex.split(self.settings.retrain_args),
         ]
+        # The stores reach the retrain through MLflow's own variables, not its command line.
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.settings.tracking_uri}
+        env["MLFLOW_REGISTRY_URI"] = self.settings.registry_uri
         try:
             process = await asyncio.create_subprocess_exec(
-                *command,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                pass_fds=(lock,),  # the retrain holds the lock for as long as it runs
+                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
             )
         except Exception as exc:
-            release(lock)
             log.exception("alert %s: could not start the retrain", trigger)
             self._count(model, "failed")
             return {"retrain": "failed", "reason": str(exc)}
@@ -145,13 +183,20 @@ class RetrainLoop:
             process.pid,
             logfile,
         )
-        self.predictions.retrain_started(trigger, model.name, process.pid, str(logfile))
+        try:
+            await asyncio.to_thread(
+                self.store.retrain_started,
+                trigger,
+                key,
+                model=model.name,
+                host=HOST,
+                pid=process.pid,
+                log=str(logfile),
+            )
+        except Exception:  # the retrain goes on; its outcome is still recorded in MLflow
+            log.exception("alert %s: could not record the start of the retrain", trigger)
         self.metrics.safely(lambda: self.metrics.retrain_running.labels(model.name).set(1))
-        task = asyncio.get_running_loop().create_task(
-            self._follow(process, lock, trigger, model, logfile)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._track(self._outcome(process, trigger, model, logfile), trigger)
         return {"retrain": "started", "trigger": trigger, "pid": process.pid}
 
     def _data(self, model: LoadedModel, trigger: str) -> Path:
@@ -159,7 +204,7 @@ class RetrainLoop:
         exported from the prediction log."""
         if self.settings.retrain_data != "feedback":
             return Path(self.settings.retrain_data).resolve()
-        rows = self.predictions.labelled(model.name, None, MAX_FEEDBACK_ROWS)
+        rows = self.store.labelled(model.name, None, MAX_FEEDBACK_ROWS)
         if len(rows) < self.settings.retrain_min_labels:
             raise ValueError(
                 f"{len(rows)} labelled objects, {self.settings.retrain_min_labels} needed "
@@ -172,21 +217,6 @@ class RetrainLoop:
         path = self.dir / f"{trigger}.parquet"
         frame.to_parquet(path, index=False)
         return path.resolve()
-
-    async def _follow(
-        self,
-        process: asyncio.subprocess.Process,
-        lock: int,
-        trigger: str,
-        model: LoadedModel,
-        logfile: Path,
-    ) -> None:
-        # The lock is held until the outcome is recorded, swap included: an alert that comes
-        # while the promoted version is being swapped in must not retrain the old one again.
-        try:
-            await self._outcome(process, trigger, model, logfile)
-        finally:
-            release(lock)  # the retrain's own copy went when it exited
 
     async def _outcome(
         self,
@@ -218,21 +248,58 @@ class RetrainLoop:
             )
             await self._finished(trigger, model, "failed", detail, None)
             return
+        await self._decided(trigger, model, f"after {elapsed:.0f} s")
+
+    async def _decided(self, trigger: str, model: LoadedModel, when: str) -> None:
+        """Record what the gate decided for the retrain ``trigger`` (following a promoted
+        version first)."""
         decision, version = await asyncio.to_thread(self._decision, model.name, trigger)
         if decision == "promoted":
-            swapped = await self.swap()
-            detail = f"v{version} promoted after {elapsed:.0f} s; swap: {swapped}"
-            log.warning("alert %s: %s", trigger, detail)
-        else:
+            followed = await self.follow()
+            detail = f"v{version} promoted {when}; the controller follows: {followed}"
+        elif decision == "rejected":
             detail = f"v{version} rejected by the gate; v{model.version} keeps serving"
-            log.warning("alert %s: %s", trigger, detail)
+        else:
+            detail = f"the retrain registered no version {when}; v{model.version} keeps serving"
+        log.warning("alert %s: %s", trigger, detail)
         await self._finished(trigger, model, decision, detail, version)
+
+    async def _adopted(self, row: dict[str, Any], model: LoadedModel) -> None:
+        """Wait for a retrain another controller started, through its MLflow run."""
+        trigger = str(row["alert_id"])
+        while True:
+            state = await asyncio.to_thread(self._run_state, model.name, trigger)
+            if state == "FINISHED":
+                await self._decided(trigger, model, "(adopted)")
+                return
+            gone = row["host"] == HOST and not _alive(row["pid"])
+            late = time.time() - float(row["started"]) > self.settings.retrain_timeout_s
+            if state in ("FAILED", "KILLED") or gone or late:
+                why = (
+                    f"run {state}"
+                    if state in ("FAILED", "KILLED")
+                    else ("its process is gone" if gone else "it did not finish in time")
+                )
+                log.error("alert %s: the adopted retrain failed (%s)", trigger, why)
+                await self._finished(trigger, model, "failed", f"adopted: {why}", None)
+                return
+            await asyncio.sleep(ADOPTED_POLL_S)
+
+    def _run_state(self, name: str, trigger: str) -> str | None:
+        """The status of the MLflow run the retrain ``trigger`` made (None: none yet)."""
+        client = self.settings.mlflow()
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            return None
+        runs = client.search_runs(
+            [experiment.experiment_id], f"tags.`{TRIGGER_TAG}` = '{trigger}'", max_results=1
+        )
+        return str(runs[0].info.status) if runs else None
 
     def _decision(self, name: str, trigger: str) -> tuple[str, str | None]:
         """What the gate decided for the version the retrain ``trigger`` registered."""
-        from mlflow import MlflowClient
 
-        client = MlflowClient(self.settings.tracking_uri, self.settings.tracking_uri)
+        client = self.settings.mlflow()
         for mv in sorted(
             client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version)
         ):
@@ -247,14 +314,20 @@ class RetrainLoop:
     ) -> None:
         self._count(model, result)
         try:
-            await asyncio.to_thread(
-                self.predictions.retrain_finished, trigger, result, detail, version
-            )
+            await asyncio.to_thread(self.store.retrain_finished, trigger, result, detail, version)
         except Exception:
             log.exception("could not record the end of retrain %s", trigger)
 
     def _count(self, model: LoadedModel, result: str) -> None:
         self.metrics.safely(lambda: self.metrics.retrains.labels(model.name, result).inc())
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _trainers() -> list[str]:

@@ -223,6 +223,13 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.controller_active = Gauge(
+            "gateway_controller_active",
+            "1 while this loop controller holds the lease (runs drift, alerts and retrains)",
+            ["model"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.metric_errors = Counter(
             "gateway_metric_errors_total",
             "Failures while recording metrics",

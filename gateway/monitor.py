@@ -1,12 +1,13 @@
-"""The drift monitor: one per serve (the worker holding its lock), reading windows of live traffic
-from the shared prediction log — so it sees every worker's traffic — and comparing each with the
-reference sample logged with the served model (``trainers.drift``, Evidently with pinned tests).
+"""The drift monitor: run by the active loop controller, reading windows of live traffic from the
+shared store — so it sees every replica's traffic — and comparing each with the reference sample
+logged with the served model (``trainers.drift``, Evidently with pinned tests).
 
 Evidently runs in a separate process (it takes seconds to import and holds the GIL while it
-computes), so serving never waits on it. Each window becomes gauges, an HTML report (kept under
-``state_dir/reports``, served at ``/drift/report`` and logged to the model's MLflow run) and a
-log line; K drifted windows in a row raise an alert. The live quality gauge is computed over the
-latest labelled objects. Every failure here is logged and counted, never raised to a request.
+computes), so the controller never waits on it. Each window becomes gauges, an HTML report (kept
+under ``state_dir/reports``, served at the controller's ``/drift/report`` and logged to the
+model's MLflow run) and a log line; K drifted windows in a row raise an alert (none while a
+retrain runs). The live quality gauge is computed over the latest labelled objects. Every failure
+here is logged and counted, never raised.
 """
 
 from __future__ import annotations
@@ -26,12 +27,11 @@ from typing import Any
 
 import pandas as pd
 
-from gateway.locks import release, try_lock
 from gateway.lowprio import LowPriorityProcess
 from gateway.metrics import GatewayMetrics
 from gateway.model import LoadedModel
-from gateway.predlog import PredictionLog, Row
 from gateway.settings import GatewaySettings
+from gateway.store import Row, Store
 from trainers import drift
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class DriftMonitor:
         self,
         settings: GatewaySettings,
         metrics: GatewayMetrics,
-        predictions: PredictionLog,
+        store: Store,
         served: Callable[[], LoadedModel],
         alert: Alert,
         *,
@@ -73,7 +73,7 @@ class DriftMonitor:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.predictions = predictions
+        self.store = store
         self.served = served
         self.alert = alert
         self.reports = settings.state_dir / "reports"
@@ -83,13 +83,8 @@ class DriftMonitor:
         """The HTML report of a window (``trainers.drift.render``)."""
         self.executor = executor
         """Where it runs (default: a separate process, started on first use)."""
-        self._lock_fd: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._watched: _Watched | None = None
-
-    @property
-    def active(self) -> bool:
-        return self._lock_fd is not None
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="drift-monitor")
@@ -100,20 +95,13 @@ class DriftMonitor:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
-        release(self._lock_fd)
-        self._lock_fd = None
+            self.executor = None
 
     async def _run(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        lock = str(self.settings.state_dir / "monitor.lock")
         while True:
             await asyncio.sleep(self.settings.drift_interval_s)
-            if self._lock_fd is None:
-                self._lock_fd = try_lock(lock)  # another worker's monitor may have died
-                if self._lock_fd is not None:
-                    log.info("drift monitor running in this worker")
-            if self._lock_fd is not None:
-                await self.check()
+            await self.check()
 
     async def check(self) -> None:
         """One round: the live quality gauge, then a drift window if one is full."""
@@ -138,7 +126,7 @@ class DriftMonitor:
             self.metrics.safely(lambda: self.metrics.drift_detected.labels(model.name).set(0))
         size = self.settings.drift_window
         rows = await asyncio.to_thread(
-            self.predictions.window, model.name, model.version, watched.after, size
+            self.store.window, model.name, model.version, watched.after, size
         )
         if not rows:  # the window is not full yet
             return
@@ -180,9 +168,8 @@ class DriftMonitor:
             await self.alert(alert_id, "monitor", detail)
 
     def _reference(self, model: LoadedModel) -> pd.DataFrame:
-        from mlflow import MlflowClient
 
-        client = MlflowClient(self.settings.tracking_uri, self.settings.tracking_uri)
+        client = self.settings.mlflow()
         with tempfile.TemporaryDirectory(prefix="gateway-reference-") as tmp:
             path = client.download_artifacts(model.run_id, drift.REFERENCE_SAMPLE, tmp)
             frame = pd.read_parquet(path)
@@ -239,14 +226,13 @@ class DriftMonitor:
         so the run does not collect thousands of clean reports)."""
         if not keep:
             return
-        from mlflow import MlflowClient
 
-        client = MlflowClient(self.settings.tracking_uri, self.settings.tracking_uri)
+        client = self.settings.mlflow()
         client.log_artifact(model.run_id, str(html), "drift/reports")
 
     # -- live quality -------------------------------------------------------------------------
     def _quality(self, model: LoadedModel) -> None:
-        rows = self.predictions.labelled(model.name, model.version, self.settings.quality_window)
+        rows = self.store.labelled(model.name, model.version, self.settings.quality_window)
         if len(rows) < 10:
             return
         pipeline = model.pipeline

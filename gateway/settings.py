@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 def _default_tracking_uri() -> str:
@@ -77,20 +80,44 @@ class GatewaySettings(BaseSettings):
     builds (Go; it carries the calls to the worker, which answers them), ``python``, grpc.aio in
     the worker, or ``auto``: the native front where it was built and starts, else grpc.aio."""
 
-    # -- the loop: prediction log, drift monitor, alerts, retrain ------------------------------
+    # -- the shared store: every replica appends, the loop controller reads ------------------
     state_dir: Path = Path("gateway-state")
-    """Where the prediction log (sqlite), drift reports, retrain logs and lock files live; shared
-    by the workers of one serve (relative paths: from the working directory)."""
+    """Files of this process: the embedded store (when ``store_url`` is unset), and the
+    controller's drift reports and retrain logs (relative paths: from the working directory)."""
+
+    store_url: str | None = None
+    """The shared store: ``postgresql://USER@HOST:PORT/DB`` for a deployment of several replicas
+    (password through ``PGPASSWORD`` or ``~/.pgpass``, never in logs), or ``sqlite:///PATH`` on
+    one host (default: ``predictions.db`` in ``state_dir``)."""
+
+    store_timeout_s: float = Field(default=5.0, gt=0)
+    """How long a connection to the store may take before the caller gives up (and retries)."""
 
     log_predictions: bool = True
-    """Keep every answered object with its request id in the prediction log (needed by drift,
+    """Append every answered object with its request id to the prediction log (needed by drift,
     feedback and retraining on production traffic)."""
 
     log_buffer: int = Field(default=20_000, ge=1)
-    """Answered objects waiting to be written; when full, samples are dropped and counted."""
+    """Answered objects a worker keeps waiting to be written (also while the store is
+    unreachable); when full, samples are dropped and counted."""
+
+    # -- the loop controller: drift, alerts, quality, retrains (``gateway-controller``) -------
+    controller_host: str = "0.0.0.0"
+    """Address the controller's HTTP API binds."""
+
+    controller_port: int = Field(default=3100, ge=0, le=65535)
+    """Port of the controller's HTTP API (alerts webhook, feedback, drift, retrains, metrics)."""
+
+    lease_ttl_s: float = Field(default=10.0, gt=0)
+    """The active controller's lease lasts this long and is renewed every third of it; a
+    standby takes over at most ``lease_ttl_s`` plus a third after the active one stops."""
+
+    retrain_timeout_s: float = Field(default=3600.0, gt=0)
+    """A retrain taken over from a controller that died is given up (recorded as failed) when
+    its MLflow run has not finished this long after it started."""
 
     drift_enabled: bool = True
-    """Run the drift monitor (in one worker: the one holding its lock)."""
+    """Run the drift monitor (in the active controller)."""
 
     drift_window: int = Field(default=500, ge=20)
     """Objects per drift window."""
@@ -139,3 +166,18 @@ class GatewaySettings(BaseSettings):
     @property
     def model_uri(self) -> str:
         return f"models:/{self.pipeline}@{self.alias}"
+
+    @property
+    def registry_uri(self) -> str:
+        """``$MLFLOW_REGISTRY_URI`` when set, else the tracking URI."""
+        return os.environ.get("MLFLOW_REGISTRY_URI") or self.tracking_uri
+
+    @property
+    def shared_store(self) -> str:
+        return self.store_url or f"sqlite:///{(self.state_dir / 'predictions.db').resolve()}"
+
+    def mlflow(self) -> MlflowClient:
+        """An explicit client for the tracking and registry stores."""
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.tracking_uri, self.registry_uri)

@@ -117,6 +117,33 @@ def serve_gateway(
         yield base, data
 
 
+@contextlib.contextmanager
+def run_controller(
+    store: str,
+    logs: Path,
+    *,
+    settings: dict[str, str] | None = None,
+    name: str = "controller",
+    prefix: Sequence[str] = (),
+    host: str = "127.0.0.1",
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real ``gateway-controller`` on the tracking store ``store`` with the gateway
+    ``settings`` (names without the ``GATEWAY_`` prefix), run under ``prefix`` (e.g. ``ip netns
+    exec NS``); yields its base URL and process once it has loaded the champion."""
+    port = free_port()
+    env = {
+        "GATEWAY_TRACKING_URI": store,
+        "GATEWAY_CONTROLLER_PORT": str(port),
+        "GATEWAY_CONTROLLER_HOST": host,
+        **{f"GATEWAY_{k.upper()}": v for k, v in (settings or {}).items()},
+    }
+    args = [*prefix, str(VENV_BIN / "gateway-controller")]
+    with process(args, cwd=REPO, env=env, log=logs / f"{name}.log") as proc:
+        base = f"http://{host}:{port}"
+        wait_until(http_ok(f"{base}/ready"), 120, name, proc)
+        yield base, proc
+
+
 def metric_samples(text: str, name: str) -> dict[str, float]:
     """``{labels: value}`` for every sample of ``name`` in a Prometheus exposition."""
     samples = {}

@@ -57,7 +57,9 @@ def postgres(listen: Sequence[str] = ("127.0.0.1",)) -> Iterator[Postgres]:
         shutil.chown(directory, "postgres", "postgres")
     data, port = directory / "data", free_port()
     subprocess.run(
-        _as_postgres([_pg("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]),
+        _as_postgres(
+            [_pg("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]
+        ),
         check=True,
         capture_output=True,
     )
@@ -104,5 +106,10 @@ def mlflow_server(
     ]
     url = f"http://{host}:{port}"
     with process(args, cwd=logs, env={}, log=logs / f"mlflow-server-{port}.log") as proc:
-        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 120, "mlflow server", proc)
+        wait_until(
+            lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200,
+            120,
+            "mlflow server",
+            proc,
+        )
         yield url

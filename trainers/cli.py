@@ -11,14 +11,16 @@ from typing import Any
 
 import click
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.tree import Tree
 
-from trainers import drift, lineage, pipelines, registry, training
-from trainers.errors import TrainersError
+from trainers import drift, lineage, pipelines, registry, traces, training
+from trainers.errors import RegistryError, TrainersError
 from trainers.snapshots import write_snapshot
+from trainers.sqlstore import redact
 from trainers.tracking import connect, tracking_uri
 
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -209,27 +211,62 @@ def rollback(ctx: click.Context, name: str) -> None:
 @main.command("lineage")
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead.")
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="The gateway's shared store, for request ids and alerts (default: $GATEWAY_STORE_URL, "
+    "else gateway-state/predictions.db here).",
+)
 @click.pass_context
-def lineage_cmd(ctx: click.Context, ref: str, as_json: bool) -> None:
-    """Show where a model came from. REF is NAME@ALIAS, NAME/VERSION or a run id."""
+def lineage_cmd(ctx: click.Context, ref: str, as_json: bool, store_url: str | None) -> None:
+    """Show where a model or an answer came from. REF is NAME@ALIAS, NAME/VERSION, a run id, or
+    the request id of an answer (from any replica)."""
     client = _client(ctx)
-    version, run_id = registry.resolve(client, ref)
-    info = lineage.read_run(client, run_id)
+    url = store_url or traces.default_store_url()
+    prediction = traces.find_prediction(url, ref) if traces.is_request_id(ref) else None
+    version: ModelVersion | None
+    if prediction is not None:
+        version = registry.get_version(client, prediction.model, prediction.version)
+        run_id = str(version.run_id)
+    else:
+        version, run_id = registry.resolve(client, ref)
+    try:
+        info = lineage.read_run(client, run_id)
+    except TrainersError as exc:
+        if traces.is_request_id(ref):
+            raise RegistryError(
+                f"{ref} is neither a request id in the prediction log ({redact(url)}) nor a run "
+                "in the tracking store"
+            ) from exc
+        raise
+    trigger = info.tags.get(lineage.TRIGGER)
+    loop = traces.trigger_record(url, trigger) if trigger else None
     if as_json:
         payload = {
             "ref": ref,
+            "prediction": None if prediction is None else prediction.to_dict(),
             "version": None if version is None else str(version.version),
             "run": info.to_dict(),
+            "loop": loop,
         }
         click.echo(json.dumps(payload, indent=2, sort_keys=True))
         return
-    if version is not None:
+    if prediction is not None:
+        root = Tree(f"[bold]answer {prediction.request_id}[/] ({_when(int(prediction.ts * 1000))})")
+        root.add(f"object: {json.dumps(prediction.input, sort_keys=True)}")
+        root.add(f"answer: {json.dumps(prediction.output, sort_keys=True)}")
+        if prediction.label is not None:
+            root.add(f"ground truth: {json.dumps(prediction.label)}")
+        parent = root.add(f"[bold]{prediction.model} v{prediction.version}[/]")
+        _run_tree(parent, info.to_dict(), loop=loop)
+    elif version is not None:
         aliases = ", ".join(sorted(version.aliases)) or "no alias"
         root = Tree(f"[bold]{version.name} v{version.version}[/] ({aliases})")
-        _run_tree(root, info.to_dict())
+        _run_tree(root, info.to_dict(), loop=loop)
     else:
         root = Tree(f"[bold]run {run_id}[/]")
-        _run_tree(root, info.to_dict(), label=False)
+        _run_tree(root, info.to_dict(), label=False, loop=loop)
     out.print(root, highlight=False)
 
 
@@ -282,7 +319,23 @@ def drift_cmd(
     out.print(f"report: {out_path.resolve()}")
 
 
-def _run_tree(parent: Tree, run: dict[str, Any], label: bool = True) -> None:
+def _loop_tree(node: Tree, loop: dict[str, Any]) -> None:
+    alert, retrain = loop["alert"], loop["retrain"]
+    if alert is not None:
+        detail = alert["detail"]
+        window = (
+            f"drift window {detail.get('window')} (drift share {detail.get('share')})"
+            if alert["source"] == "monitor"
+            else f"labels {json.dumps(detail.get('labels', {}), sort_keys=True)}"
+        )
+        when = _when(int(alert["ts"] * 1000))
+        node.add(f"alert: {alert['key']} from {alert['source']} at {when}\n  {window}")
+    node.add(f"retrain: {retrain['result'] or 'running'} — {retrain['detail'] or ''}")
+
+
+def _run_tree(
+    parent: Tree, run: dict[str, Any], label: bool = True, loop: dict[str, Any] | None = None
+) -> None:
     versions = ", ".join(f"v{v['version']}" for v in run["versions"]) or "unregistered"
     node = (
         parent.add(
@@ -312,7 +365,9 @@ def _run_tree(parent: Tree, run: dict[str, Any], label: bool = True) -> None:
     gate = run["gate"]
     if gate:
         node.add(f"gate: {gate.get('decision')} — {gate.get('reason')}")
-    node.add(f"trigger: {run['trigger'] or 'initial training'}")
+    trigger = node.add(f"trigger: {run['trigger'] or 'initial training'}")
+    if loop is not None:
+        _loop_tree(trigger, loop)
     if run["parent"] is not None:
         _run_tree(node.add("parent"), run["parent"])
     elif run["parent_run_id"]:

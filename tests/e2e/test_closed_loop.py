@@ -1,6 +1,7 @@
-"""The closed loop on a real two-worker ``bentoml serve`` and real MLflow: drift → alert →
-``trainers retrain --from-run`` on labelled production traffic → gate → hot swap, with a client
-running throughout; then the failure cases through Alertmanager's webhook."""
+"""The closed loop on one host: a real two-worker ``bentoml serve``, a real ``gateway-controller``
+and real MLflow, sharing the embedded store: drift → alert → ``trainers retrain --from-run`` on
+labelled production traffic → gate → hot swap, with a client running throughout; the answer traced
+back to the alert; then the failure cases through Alertmanager's webhook."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import FAST_LOANS, train_ok
-from tests.helpers import cli, metric_samples, serve_gateway, wait_until
+from tests.helpers import cli, metric_samples, run_controller, serve_gateway, wait_until
 from tests.integration.test_serving import documented_metrics
 from trainers import pipelines
 
@@ -110,21 +111,19 @@ def test_drift_retrains_on_feedback_and_swaps_without_a_failed_request(
     shifted_calm, _ = objects(50, 1.0, 97)
     happy = {**LOOP, "state_dir": str(state), "retrain_min_labels": "300"}
     with (
-        serve_gateway(store, tmp_path, settings=happy) as (
-            base,
-            data,
-        ),
+        serve_gateway(store, tmp_path, settings=happy) as (base, data),
+        run_controller(store, tmp_path, settings=happy) as (loop, _),
         SteadyClient(data) as steady,
     ):
         # 1. In-distribution traffic for several windows: no alert.
         calm, _ = objects(3 * WINDOW, 0.0, 1)
         send(data, calm)
-        wait_until(lambda: counter(base, "gateway_drift_windows_total") >= 3, 90, "3 windows")
-        assert counter(base, "gateway_drift_alerts_total") == 0
-        latest = httpx.get(f"{data}/drift").json()
+        wait_until(lambda: counter(loop, "gateway_drift_windows_total") >= 3, 90, "3 windows")
+        assert counter(loop, "gateway_drift_alerts_total") == 0
+        latest = httpx.get(f"{loop}/drift").json()
         assert latest["detected"] is False
         assert {c["method"] for c in latest["columns"]} == {"ks", "chisquare"}
-        assert "<html" in httpx.get(f"{data}/drift/report").text.lower()
+        assert "<html" in httpx.get(f"{loop}/drift/report").text.lower()
 
         # 2. The population shifts (for the steady client too); ground truth comes back.
         steady.population, _ = objects(500, 1.0, 98)
@@ -136,23 +135,26 @@ def test_drift_retrains_on_feedback_and_swaps_without_a_failed_request(
             r = httpx.post(f"{data}/feedback", json={"feedback": chunk}, timeout=30)
             assert r.json() == {"recorded": len(chunk)}
 
+        answered_by_v2: list[str] = []
+
         def on_v2() -> bool:
             answers = [
-                httpx.post(f"{data}/predict", json={"application": o}, timeout=30)
+                httpx.post(f"{data}/predict", json={"application": o}, timeout=30).json()
                 for o in shifted_calm[:6]
             ]
-            return all(a.json()["model_version"] == "2" for a in answers)
+            answered_by_v2[:] = [a["request_id"] for a in answers]
+            return all(a["model_version"] == "2" for a in answers)
 
         wait_until(on_v2, 240, "the retrained champion answering on every worker")
 
         def recorded() -> list[dict[str, Any]]:
-            found: list[dict[str, Any]] = httpx.get(f"{data}/retrains").json()["retrains"]
+            found: list[dict[str, Any]] = httpx.get(f"{loop}/retrains").json()["retrains"]
             return found if all(r["result"] for r in found) else []
 
         wait_until(lambda: bool(recorded()), 30, "the retrain's outcome")
         retrains = recorded()
         assert len(retrains) == 1, retrains
-        exported = httpx.get(f"{base}/metrics").text
+        exported = httpx.get(f"{base}/metrics").text + httpx.get(f"{loop}/metrics").text
         missing = [
             name
             for name in documented_metrics("### Loop metrics")
@@ -161,6 +163,7 @@ def test_drift_retrains_on_feedback_and_swaps_without_a_failed_request(
         assert not missing, f"documented but not exported: {missing}"
         quality = metric_samples(exported, "gateway_live_quality")
         assert any('version="1"' in labels for labels in quality), quality
+        assert counter(base, "gateway_drift_windows_total") == 0  # the replicas only answer
 
     assert steady.failures == [], steady.failures[:5]
     assert set(steady.versions) == {"1", "2"}
@@ -178,6 +181,26 @@ def test_drift_retrains_on_feedback_and_swaps_without_a_failed_request(
     assert lineage["run"]["trigger"] == retrain["alert_id"]
     reports = {p.name for p in (state / "reports").glob("*.html")}
     assert "latest.html" in reports
+
+    # 4. Any answer, traced: v2's answer → v2's run → its parent → the alert and its window.
+    traced = cli(
+        store,
+        "lineage",
+        answered_by_v2[0],
+        "--json",
+        "--store",
+        f"sqlite:///{state}/predictions.db",
+    )
+    assert traced.exit_code == 0, traced.output
+    chain = json.loads(traced.output)
+    assert chain["prediction"]["version"] == "2"
+    assert chain["prediction"]["input"] == shifted_calm[0]
+    assert chain["run"]["parent_run_id"] == v1["run"]["run_id"]
+    assert chain["loop"]["retrain"]["alert_id"] == retrain["alert_id"]
+    assert chain["loop"]["alert"]["source"] == "monitor"
+    assert chain["loop"]["alert"]["detail"]["window"].startswith("loans-v1-")
+    tree = cli(store, "lineage", answered_by_v2[0], "--store", f"sqlite:///{state}/predictions.db")
+    assert chain["loop"]["alert"]["detail"]["window"] in tree.output
 
 
 def alertmanager(status: str, fingerprint: str, group: str = '{}:{alertname="LoansDrift"}') -> Any:
@@ -217,15 +240,16 @@ def test_webhook_rejected_and_crashed_retrains_leave_the_champion_serving(
     }
     with (
         serve_gateway(store, tmp_path, settings=settings) as (_, data),
+        run_controller(store, tmp_path, settings=settings) as (loop, _),
         SteadyClient(data) as steady,
     ):
         token = {"authorization": "Bearer s3cret"}
 
         def hook(body: Any, headers: dict[str, str] = token) -> httpx.Response:
-            return httpx.post(f"{data}/alerts", json=body, headers=headers, timeout=30)
+            return httpx.post(f"{loop}/alerts", json=body, headers=headers, timeout=30)
 
         def finished() -> list[dict[str, Any]]:
-            found: list[dict[str, Any]] = httpx.get(f"{data}/retrains").json()["retrains"]
+            found: list[dict[str, Any]] = httpx.get(f"{loop}/retrains").json()["retrains"]
             return [r for r in found if r["finished"] is not None]
 
         assert hook(alertmanager("firing", "f1"), {}).status_code == 401
@@ -239,7 +263,7 @@ def test_webhook_rejected_and_crashed_retrains_leave_the_champion_serving(
         wait_until(lambda: len(finished()) == 1, 120, "the first retrain to finish")
         (rejected,) = finished()
         assert rejected["result"] == "rejected", rejected
-        assert len(httpx.get(f"{data}/retrains").json()["retrains"]) == 1
+        assert len(httpx.get(f"{loop}/retrains").json()["retrains"]) == 1
 
         # A retrain that crashes: the champion keeps serving, the next alert retrains again.
         crash = hook(alertmanager("firing", "f2")).json()["alerts"][0]

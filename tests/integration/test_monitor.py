@@ -1,5 +1,6 @@
-"""The monitoring side never fails a prediction: a failing drift computation, a full prediction
-log buffer and bad feedback are counted and refused, while answers keep coming."""
+"""The monitoring side never fails a prediction: a failing drift computation (in the loop
+controller), a full prediction log buffer and bad feedback (in the replica) are counted and
+refused, while answers keep coming."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
+from gateway.controller import Controller
+from gateway.controller import create_app as controller_app
 from gateway.core import GatewayCore
 from gateway.http import create_app
 from gateway.loader import load
 from gateway.metrics import GatewayMetrics
 from tests.conftest import FAST_LOANS, train_ok
-from tests.helpers import in_process_settings, metric_samples
+from tests.helpers import in_process_settings, metric_samples, wait_until
 from tests.integration.test_serving import APPLICATION, loan_variants
 from trainers.drift import compare
 
@@ -39,11 +42,17 @@ def test_monitor_failures_never_fail_a_prediction(
         log_buffer=30,
     )
     core = GatewayCore(load(settings), settings, GatewayMetrics())
-    with TestClient(create_app(lambda: core)) as client:
-        assert core.monitor is not None
+    controller = Controller(settings, GatewayMetrics())
+    with (
+        TestClient(create_app(lambda: core)) as client,
+        TestClient(controller_app(controller)) as loop,
+    ):
+        wait_until(lambda: controller.active, 30, "the controller to take the lease")
+        monitor = controller.monitor
+        assert monitor is not None
         assert core.predictions is not None
-        core.monitor.compare = boom
-        core.monitor.executor = ThreadPoolExecutor(1)
+        monitor.compare = boom
+        monitor.executor = ThreadPoolExecutor(1)
         objects = loan_variants(25)
         answered = client.post("/predict/bulk", json={"applications": objects})
         assert answered.status_code == 200
@@ -51,24 +60,24 @@ def test_monitor_failures_never_fail_a_prediction(
         assert len(set(ids)) == 25
         core.predictions.flush()
 
-        client.portal.call(core.monitor.check)  # type: ignore[union-attr]
-        assert _metric(client, "gateway_monitor_errors_total", '{stage="drift"}') == 1
+        loop.portal.call(monitor.check)  # type: ignore[union-attr]
+        assert _metric(loop, "gateway_monitor_errors_total", '{stage="drift"}') == 1
         assert client.post("/predict", json={"application": APPLICATION}).status_code == 200
-        assert client.get("/drift").status_code == 404  # no window was evaluated
+        assert loop.get("/drift").status_code == 404  # no window was evaluated
 
         # A report that cannot be rendered costs only the report: the window still counts.
-        core.monitor.compare = compare  # the real computation again
-        core.monitor.render = boom
+        monitor.compare = compare  # the real computation again
+        monitor.render = boom
         more = client.post("/predict/bulk", json={"applications": loan_variants(20)})
         assert more.status_code == 200
         core.predictions.flush()
-        client.portal.call(core.monitor.check)  # type: ignore[union-attr]
-        assert _metric(client, "gateway_monitor_errors_total", '{stage="report"}') == 1
-        latest = client.get("/drift").json()
+        loop.portal.call(monitor.check)  # type: ignore[union-attr]
+        assert _metric(loop, "gateway_monitor_errors_total", '{stage="report"}') == 1
+        latest = loop.get("/drift").json()
         assert latest["report"] is None
         assert latest["current_rows"] == 20
         windows = sum(
-            _metric(client, "gateway_drift_windows_total", f'{{model="loans",result="{result}"}}')
+            _metric(loop, "gateway_drift_windows_total", f'{{model="loans",result="{result}"}}')
             for result in ("clean", "drifted")
         )
         assert windows == 1
@@ -93,7 +102,7 @@ def test_monitor_failures_never_fail_a_prediction(
         assert "request_id and label" in missing.text
         assert _metric(client, "gateway_feedback_total", '{result="recorded"}') == 1
         assert _metric(client, "gateway_feedback_total", '{result="refused"}') == 2
-        (labelled,) = core.predictions.labelled("loans", None, 10)
+        (labelled,) = core.predictions.store.labelled("loans", None, 10)
         assert labelled.request_id == ids[0]
         assert labelled.label == 1
         assert labelled.input["income"] == objects[0]["income"]

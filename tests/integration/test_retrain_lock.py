@@ -1,6 +1,7 @@
-"""One retrain at a time, up to its recorded outcome: the retrain lock is held from the alert
-until the promoted version has been swapped in, so an alert that comes in between (the old
-version's monitor still sees drift) does not retrain the old version a second time."""
+"""One retrain at a time, up to its recorded outcome: a retrain counts as running in the shared
+store from the alert until the controller has followed the promoted version, so an alert that
+comes in between (the old version's monitor still sees drift) does not retrain the old version a
+second time."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from gateway.loader import load
 from gateway.loop import RetrainLoop
 from gateway.metrics import GatewayMetrics
-from gateway.predlog import PredictionLog
+from gateway.store import Store
 from tests.conftest import FAST_LOANS, train_ok
 from tests.helpers import in_process_settings
 
@@ -28,30 +29,33 @@ def test_an_alert_during_the_swap_of_a_promoted_version_starts_no_retrain(
     )
     model = load(settings)
     metrics = GatewayMetrics()
-    predictions = PredictionLog(settings.state_dir / "predictions.db", 100, metrics)
+    shared = Store(settings.shared_store)
 
     async def scenario() -> None:
-        swapping, go_on = asyncio.Event(), asyncio.Event()
+        following, go_on = asyncio.Event(), asyncio.Event()
         swaps = 0
 
-        async def swap() -> dict[str, Any]:
-            """The hot swap, held open until the test lets it finish."""
+        async def follow() -> str:
+            """The controller following the promoted version, held open until the test lets
+            it finish."""
             nonlocal swaps
             swaps += 1
-            swapping.set()
+            following.set()
             await go_on.wait()
-            return {"swapped": True}
+            return "v2"
 
         def finished() -> list[dict[str, Any]]:
-            return [r for r in predictions.retrains("loans") if r["result"]]
+            return [r for r in shared.retrains("loans") if r["result"]]
 
-        loop = RetrainLoop(settings, metrics, predictions, lambda: model, swap)
+        loop = RetrainLoop(settings, metrics, shared, lambda: model, follow)
         first = await loop.alert("drift-loans-v1-first", "monitor", {})
         assert first["retrain"] == "started", first
-        await asyncio.wait_for(swapping.wait(), 180)  # the retrain exited; v2 is promoted
+        await asyncio.wait_for(following.wait(), 180)  # the retrain exited; v2 is promoted
 
         during = await loop.alert("drift-loans-v1-during", "monitor", {})
-        assert during["retrain"] == "busy", during
+        assert during["accepted"] is False, during  # the monitor raises none meanwhile
+        webhook = await loop.alert("group|f1|t0", "alertmanager", {})
+        assert webhook["retrain"] == "busy", webhook
 
         go_on.set()
         while not finished():
@@ -68,4 +72,4 @@ def test_an_alert_during_the_swap_of_a_promoted_version_starts_no_retrain(
     try:
         asyncio.run(asyncio.wait_for(scenario(), 400))
     finally:
-        predictions.close()
+        shared.close()

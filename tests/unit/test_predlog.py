@@ -1,21 +1,25 @@
-"""The prediction log: request ids, and what one flush writes."""
+"""The prediction log: request ids, and what one flush writes — into the embedded SQLite store and
+into PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel
 
 from gateway.metrics import GatewayMetrics
-from gateway.predlog import CHUNK, PredictionLog, connect, request_ids, statements
+from gateway.predlog import PredictionLog, request_ids
+from gateway.store import CHUNK, Store, statements
+from tests.services import Postgres
+from trainers.sqlstore import StoreError
 
 
 class Review(BaseModel):
@@ -33,11 +37,30 @@ def metrics() -> GatewayMetrics:
     return GatewayMetrics()
 
 
-@pytest.fixture
-def predictions(tmp_path: Path, metrics: GatewayMetrics) -> Iterator[PredictionLog]:
-    found = PredictionLog(tmp_path / "predictions.db", capacity=100, metrics=metrics)
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A new shared store of each kind."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    else:
+        pg: Postgres = request.getfixturevalue("pg")
+        url = pg.create_database(f"log_{uuid.uuid4().hex[:12]}")
+    found = Store(url)
     yield found
     found.close()
+
+
+@pytest.fixture
+def predictions(store: Store, metrics: GatewayMetrics) -> Iterator[PredictionLog]:
+    found = PredictionLog(store, capacity=100, metrics=metrics)
+    yield found
+    found.close()
+
+
+def all_rows(store: Store) -> list[tuple[Any, ...]]:
+    return store.db.query(
+        f"SELECT request_id, model, version, input, output FROM predictions ORDER BY {store.db.seq}"
+    )
 
 
 def counted(metrics: GatewayMetrics, name: str, **labels: str) -> float:
@@ -83,8 +106,8 @@ def test_workers_opening_a_new_log_together_all_get_it(tmp_path: Path) -> None:
                 while time.monotonic() < start:
                     pass
                 try:
-                    connect(path).close()
-                except sqlite3.Error:
+                    Store(f"sqlite:///{path}").db.query("SELECT count(*) FROM predictions")
+                except StoreError:
                     os._exit(1)
                 os._exit(0)
             children.append(pid)
@@ -105,10 +128,7 @@ def test_a_flush_writes_each_object_with_its_version(
     predictions.offer("reviews", "1", ids[:1], items[:1], answers[:1])
     predictions.offer("reviews", "2", ids[1:], [items[1], items[0]], [answers[1], answers[1]])
     predictions.flush()
-    with sqlite3.connect(predictions.path) as conn:
-        rows = conn.execute(
-            "SELECT request_id, model, version, input, output FROM predictions ORDER BY rowid"
-        ).fetchall()
+    rows = all_rows(predictions.store)
     assert [(rid, model, version) for rid, model, version, _, _ in rows] == [
         (ids[0], "reviews", "1"),
         (ids[1], "reviews", "2"),
@@ -120,7 +140,7 @@ def test_a_flush_writes_each_object_with_its_version(
         answers[1],
         answers[1],
     ]
-    window = predictions.window("reviews", "2", after=0, size=2)
+    window = predictions.store.window("reviews", "2", after=0, size=2)
     assert [row.request_id for row in window] == ids[1:]
     assert window[0].input == {"text": "meh", "stars": None}
     assert counted(metrics, "gateway_monitor_samples_dropped_total") == 0
@@ -136,9 +156,9 @@ def test_rows_per_statement_cover_a_flush_in_few_shapes(rows: int) -> None:
 
 
 def test_a_flush_larger_than_one_statement_keeps_every_row_in_order(
-    tmp_path: Path, metrics: GatewayMetrics
+    store: Store, metrics: GatewayMetrics
 ) -> None:
-    log = PredictionLog(tmp_path / "predictions.db", capacity=10_000, metrics=metrics)
+    log = PredictionLog(store, capacity=10_000, metrics=metrics)
     try:
         answer = Verdict(sentiment="positive", confidence=0.5)
         ids = request_ids(2 * CHUNK + 37)
@@ -147,7 +167,7 @@ def test_a_flush_larger_than_one_statement_keeps_every_row_in_order(
             items = [Review(text=f"review {start + i}", stars=i % 5) for i in range(len(part))]
             log.offer("reviews", "1", part, items, [answer] * len(part))
         log.flush()
-        rows = log.window("reviews", "1", after=0, size=len(ids))
+        rows = store.window("reviews", "1", after=0, size=len(ids))
     finally:
         log.close()
     assert [row.request_id for row in rows] == ids
@@ -163,29 +183,30 @@ def test_a_full_buffer_drops_and_counts(
         predictions.offer("reviews", "1", request_ids(50), [Review(text="x")] * 50, [answer] * 50)
     assert counted(metrics, "gateway_monitor_samples_dropped_total") == 50
     predictions.flush()
-    with sqlite3.connect(predictions.path) as conn:
-        assert conn.execute("SELECT count(*) FROM predictions").fetchone() == (100,)
+    assert len(all_rows(predictions.store)) == 100
 
 
-def test_a_failed_write_is_counted_and_the_log_goes_on(
+def test_a_store_that_fails_keeps_the_objects_within_the_bound_until_it_answers(
     predictions: PredictionLog, metrics: GatewayMetrics
 ) -> None:
-    (rid,) = request_ids(1)
-    answer = Verdict(sentiment="positive", confidence=1)
-    with sqlite3.connect(predictions.path) as conn:  # a table the log's insert does not fit
-        conn.execute("ALTER TABLE predictions RENAME TO kept")
-        conn.execute("CREATE TABLE predictions (request_id TEXT)")
-    predictions.offer("reviews", "1", [rid], [Review(text="x")], [answer])
-    predictions.flush()
-    assert counted(metrics, "gateway_monitor_errors_total", stage="log") == 1
-    assert counted(metrics, "gateway_monitor_samples_dropped_total") == 1
-    with sqlite3.connect(predictions.path) as conn:
-        conn.execute("DROP TABLE predictions")
-        conn.execute("ALTER TABLE kept RENAME TO predictions")
-    (rid,) = request_ids(1)
-    predictions.offer("reviews", "1", [rid], [Review(text="y")], [answer])
-    predictions.flush()
-    assert [row.request_id for row in predictions.window("reviews", "1", 0, 1)] == [rid]
+    store, answer = predictions.store, Verdict(sentiment="positive", confidence=1)
+    store.db.execute("ALTER TABLE predictions RENAME TO kept")  # the append cannot go in
+    store.db.execute("CREATE TABLE predictions (request_id TEXT)")
+    first = request_ids(60)
+    predictions.offer("reviews", "1", first, [Review(text="x")] * 60, [answer] * 60)
+    assert predictions.flush() is False
+    assert predictions.queued == 60  # kept, not lost
+    later = request_ids(60)
+    predictions.offer("reviews", "1", later, [Review(text="y")] * 60, [answer] * 60)
+    assert predictions.flush() is False
+    assert predictions.queued == 100  # the bound
+    assert counted(metrics, "gateway_monitor_errors_total", stage="log") == 2
+    assert counted(metrics, "gateway_monitor_samples_dropped_total") == 20
+    store.db.execute("DROP TABLE predictions")
+    store.db.execute("ALTER TABLE kept RENAME TO predictions")
+    assert predictions.flush() is True
+    written = [row.request_id for row in store.window("reviews", "1", 0, 100)]
+    assert written == first + later[:40]  # the oldest first, nothing twice
 
 
 def test_queued_objects_are_kept_serialized_not_referenced(predictions: PredictionLog) -> None:
@@ -196,6 +217,6 @@ def test_queued_objects_are_kept_serialized_not_referenced(predictions: Predicti
     predictions.offer("reviews", "1", request_ids(1), [item], [answer])
     assert (sys.getrefcount(item), sys.getrefcount(answer)) == before
     predictions.flush()
-    (row,) = predictions.window("reviews", "1", after=0, size=1)
+    (row,) = predictions.store.window("reviews", "1", after=0, size=1)
     assert row.input == {"text": "kept?", "stars": None}
     assert row.output == answer.model_dump(mode="json")
