@@ -43,10 +43,15 @@ $(LOAD): loadtests/grpcload/main.go | $(FRONT)
 
 grpc-load: $(LOAD)
 
+# The service and, beside it, the loop controller (drift, alerts, retrains; :3100), both on the
+# embedded store: sqlite MLflow and gateway-state/predictions.db here.
 serve: install
 	$(MAKE) -o $(STAMP) grpc-front || echo "gateway-grpc was not built: gRPC is served by Python's grpc.aio"
 	$(BIN)/trainers train $(PIPELINE) --unless-champion
-	GATEWAY_PIPELINE=$(PIPELINE) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml serve --port $(PORT)
+	export GATEWAY_PIPELINE=$(PIPELINE) PATH="$(abspath $(BIN)):$$PATH"; \
+		$(BIN)/gateway-controller & controller=$$!; \
+		trap 'kill $$controller 2>/dev/null' EXIT; \
+		$(BIN)/bentoml serve --port $(PORT)
 
 # A self-contained bento: the champion imported into the BentoML model store and built in, with
 # gateway-grpc beside the module that starts it (where it was built).
@@ -69,12 +74,15 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The monitoring binaries the tests start for real: Prometheus, promtool, Alertmanager (Debian).
+# What the tests start for real (Debian): Prometheus, promtool, Alertmanager; PostgreSQL (the
+# shared store and the tracking server's backend); iproute2 (network namespaces as test hosts).
+PG_BIN := /usr/lib/postgresql/15/bin
 tools:
 	command -v prometheus >/dev/null && command -v promtool >/dev/null \
 		&& command -v prometheus-alertmanager >/dev/null \
+		&& test -x $(PG_BIN)/initdb && test -x $(PG_BIN)/pg_ctl && command -v ip >/dev/null \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends prometheus prometheus-alertmanager)
+			--no-install-recommends prometheus prometheus-alertmanager postgresql iproute2)
 
 # The gRPC stubs of the Open Inference Protocol, checked in; a test fails when they are stale.
 proto: install

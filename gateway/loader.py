@@ -17,6 +17,7 @@ from gateway.batching import check_outputs
 from gateway.errors import ModelUnavailable
 from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
+from trainers.sqlstore import redact
 
 ARTIFACT_HASHES = "lineage/artifact_sha256.json"
 # MLflow writes this into a model's directory when the model is read through the registry; it is
@@ -73,11 +74,18 @@ def fetch(settings: GatewaySettings, version: str | None, into: Path) -> Fetched
         source = client.get_model_version_download_uri(name, mv.version)
         hashes = client.download_artifacts(str(mv.run_id), ARTIFACT_HASHES, str(into))
         recorded = json.loads(Path(hashes).read_text())
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into)))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source,
+                dst_path=str(into),
+                tracking_uri=settings.tracking_uri,  # not MLflow's process-wide default
+                registry_uri=settings.registry_uri,
+            )
+        )
     except MlflowException as exc:
         what = f"{name} v{version}" if version else settings.model_uri
         raise ModelUnavailable(
-            f"cannot load {what} from {settings.tracking_uri}: {exc.message}"
+            f"cannot load {what} from {redact(settings.tracking_uri)}: {exc.message}"
         ) from exc
     return Fetched(name, str(mv.version), str(mv.run_id), local, recorded)
 

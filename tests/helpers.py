@@ -19,6 +19,7 @@ from gateway.settings import GatewaySettings
 from trainers.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+MLFLOW_GLOBALS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 
 
@@ -65,7 +66,10 @@ def process(
     and friends by name); otherwise ``env`` is the whole environment.
     """
     if inherit_path:
-        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **env}
+        # MLflow's set_tracking_uri / set_registry_uri (the in-process CLI calls them) export
+        # these: a server must get its stores from its own settings, not from the test process.
+        inherited = {k: v for k, v in os.environ.items() if k not in MLFLOW_GLOBALS}
+        env = {**inherited, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **env}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             list(args),
@@ -94,24 +98,32 @@ def cli(uri: str, *args: str) -> Result:
 
 @contextlib.contextmanager
 def serve_gateway(
-    store: str, logs: Path, *, workers: int = 2, settings: dict[str, str] | None = None
+    store: str,
+    logs: Path,
+    *,
+    workers: int = 2,
+    settings: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
+    name: str = "bentoml",
 ) -> Iterator[tuple[str, str]]:
     """A real ``bentoml serve`` of the repository's bentofile with ``workers`` workers and the
-    gateway ``settings`` (names without the ``GATEWAY_`` prefix); yields the base URLs of
-    BentoML's port and of the data plane."""
+    gateway ``settings`` (names without the ``GATEWAY_`` prefix), bound to ``host`` and run under
+    ``prefix`` (e.g. ``ip netns exec NS``); yields the base URLs of BentoML's port and of the data
+    plane."""
     port, data_port = free_port(), free_port()
     env = {
         "GATEWAY_TRACKING_URI": store,
         "GATEWAY_DATA_PORT": str(data_port),
         "GATEWAY_GRPC_PORT": str(free_port()),  # settings may name one to connect to
-        "BENTOML_HOME": str(logs / "bentoml-home"),
+        "BENTOML_HOME": str(logs / f"{name}-home"),
         "BENTOML_DO_NOT_TRACK": "true",
         "BENTOML_CONFIG_OPTIONS": f"services.lineage_gateway.workers={workers}",
         **{f"GATEWAY_{k.upper()}": v for k, v in (settings or {}).items()},
     }
-    args = [str(VENV_BIN / "bentoml"), "serve", "--port", str(port), "--host", "127.0.0.1"]
-    with process(args, cwd=REPO, env=env, log=logs / "bentoml.log") as proc:
-        base, data = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{data_port}"
+    args = [*prefix, str(VENV_BIN / "bentoml"), "serve", "--port", str(port), "--host", host]
+    with process(args, cwd=REPO, env=env, log=logs / f"{name}.log") as proc:
+        base, data = f"http://{host}:{port}", f"http://{host}:{data_port}"
         wait_until(http_ok(f"{base}/readyz"), 120, "bentoml serve", proc)
         wait_until(http_ok(f"{data}/ready"), 30, "data plane", proc)
         yield base, data

@@ -113,3 +113,46 @@ def mlflow_server(
             proc,
         )
         yield url
+
+
+@dataclass(frozen=True)
+class NetHost:
+    """A host of the test's own: a network namespace joined to this one by a veth pair."""
+
+    namespace: str
+    address: str  # the host's address
+    gateway: str  # this machine's address on the host's link
+
+    @property
+    def prefix(self) -> list[str]:
+        """What runs a command on the host."""
+        return ["ip", "netns", "exec", self.namespace]
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def network_hosts(count: int) -> Iterator[list[NetHost]]:
+    """``count`` hosts, each in a network namespace with a /30 link to this machine (10.213.N.0;
+    traffic stays on those links); removed afterwards."""
+    tag = f"{os.getpid() % 10000:04d}"
+    hosts: list[NetHost] = []
+    try:
+        for n in range(1, count + 1):
+            ns, outside, inside = f"lg{tag}h{n}", f"lg{tag}o{n}", f"lg{tag}i{n}"
+            host = NetHost(ns, f"10.213.{n}.2", f"10.213.{n}.1")
+            _ip("netns", "add", ns)
+            hosts.append(host)
+            _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+            _ip("link", "set", inside, "netns", ns)
+            _ip("addr", "add", f"{host.gateway}/30", "dev", outside)
+            _ip("link", "set", outside, "up")
+            _ip("netns", "exec", ns, "ip", "addr", "add", f"{host.address}/30", "dev", inside)
+            _ip("netns", "exec", ns, "ip", "link", "set", inside, "up")
+            _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        yield hosts
+    finally:
+        for host in hosts:  # deleting a namespace deletes its end of the pair, and so the pair
+            subprocess.run(["ip", "netns", "del", host.namespace], check=False, capture_output=True)

@@ -12,6 +12,8 @@ from typing import Any
 import click
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from requests.exceptions import RequestException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -20,7 +22,7 @@ from rich.tree import Tree
 from trainers import drift, lineage, pipelines, registry, traces, training
 from trainers.errors import RegistryError, TrainersError
 from trainers.snapshots import write_snapshot
-from trainers.sqlstore import redact
+from trainers.sqlstore import StoreError, redact, scrub
 from trainers.tracking import connect, tracking_uri
 
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -71,14 +73,30 @@ def _parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 class _Group(click.Group):
-    """Turns :class:`TrainersError` into a one-line message and its exit code."""
+    """Turns :class:`TrainersError`, and what the tracking or shared store answers when it
+    refuses or cannot be reached, into one line and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except TrainersError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(exc.exit_code)
+            _fail(str(exc), exc.exit_code)
+        except (MlflowException, RequestException) as exc:
+            uri = ctx.obj if isinstance(ctx.obj, str) else ""
+            _fail(scrub(f"tracking store {redact(uri)}: {_first_line(exc)}", uri), 1)
+        except StoreError as exc:
+            _fail(str(exc), 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 @click.group(cls=_Group)

@@ -29,20 +29,28 @@ PROMOTED_BY = "champion.promoted_by"
 ROLLED_BACK_AT = "champion.rolled_back_at"
 
 
+NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+
+
 def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version ``alias`` points at, or ``None`` when the alias (or the model) is unset."""
+    """The version ``alias`` points at, or ``None`` when the alias (or the model) is unset; a
+    store that cannot answer raises."""
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND:
+            return None
+        raise
 
 
 def aliases_by_version(client: MlflowClient, name: str) -> dict[str, list[str]]:
     """``version → sorted aliases`` (version searches do not carry aliases in every store)."""
     try:
         model = client.get_registered_model(name)
-    except MlflowException:
-        return {}
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND:
+            return {}
+        raise
     out: dict[str, list[str]] = {}
     for alias, version in sorted(model.aliases.items()):
         out.setdefault(str(version), []).append(alias)

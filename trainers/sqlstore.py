@@ -38,6 +38,12 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def scrub(text: str, url: str) -> str:
+    """``text`` without the password of ``url`` (a driver's message may quote the URL)."""
+    password = urlsplit(url).password
+    return text.replace(password, "***") if password else text
+
+
 def dialect_of(url: str) -> Dialect:
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
@@ -120,7 +126,8 @@ class Database:
                     raise
                 if _connection_lost(exc):
                     self._drop()
-                raise StoreError(f"{self.dialect} store {redact(self.url)}: {_line(exc)}") from exc
+                message = f"{self.dialect} store {redact(self.url)}: {_line(exc)}"
+                raise StoreError(scrub(message, self.url)) from exc
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:

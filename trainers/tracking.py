@@ -16,12 +16,19 @@ def tracking_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def registry_uri(tracking: str) -> str:
+    """``MLFLOW_REGISTRY_URI`` when set, else the tracking store holds the registry too."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking
+
+
 def connect(uri: str) -> MlflowClient:
-    """A client for ``uri``; also points MLflow's model-logging helpers at the same store."""
+    """A client for ``uri`` (credentials: MLflow's own ``MLFLOW_TRACKING_USERNAME`` /
+    ``_PASSWORD`` / ``_TOKEN``); also points MLflow's model-logging helpers at the same store."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    registry = registry_uri(uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mlflow.set_registry_uri(registry)
+    return MlflowClient(tracking_uri=uri, registry_uri=registry)
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

@@ -1,5 +1,5 @@
-"""The README's promise: on a fresh clone, `make serve` trains and serves, and the documented
-`curl` request gets an answer.
+"""The README's promise: on a fresh clone, `make serve` trains and serves, the documented `curl`
+request gets an answer, and the loop controller runs beside the service.
 
 The clone runs `make serve` with this checkout's virtualenv (`VENV=...`, its install stamp taken
 as current) instead of installing a second one: the install recipe is the one `make test` itself
@@ -40,6 +40,7 @@ def test_make_serve_on_a_fresh_clone(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "MLFLOW_TRACKING_URI"}}
     env["GATEWAY_DATA_PORT"] = str(free_port())
     env["GATEWAY_GRPC_PORT"] = str(free_port())
+    env["GATEWAY_CONTROLLER_PORT"] = controller = str(free_port())
     env["PATH"] = os.pathsep.join(
         p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO))
     )
@@ -50,6 +51,8 @@ def test_make_serve_on_a_fresh_clone(tmp_path: Path) -> None:
         wait_until(http_ok(f"http://127.0.0.1:{port}/readyz"), 900, "make serve", proc)
         path, body = documented_request()
         response = httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=30)
+        wait_until(http_ok(f"http://127.0.0.1:{controller}/ready"), 120, "the controller", proc)
+        loop = httpx.get(f"http://127.0.0.1:{controller}/ready", timeout=10).json()
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["model_name"] == "loans"
@@ -58,3 +61,5 @@ def test_make_serve_on_a_fresh_clone(tmp_path: Path) -> None:
     assert 0.0 <= answer["prediction"]["default_probability"] <= 1.0
     assert (clone / "mlflow.db").exists()
     assert "loans v1" in log.read_text()  # trained by make serve, not found
+    assert loop["active"] is True  # the only controller holds the lease
+    assert loop["model_version"] == "1"

@@ -1,13 +1,15 @@
-"""The monitoring stack of ``deploy/`` against real processes: a two-worker ``bentoml serve``, a
-real Prometheus running ``deploy/prometheus.yml`` and the rules of ``deploy/rules/gateway.yml``,
-and a real Alertmanager running ``deploy/alertmanager.yml``. Only ports, paths and intervals are
-rendered for the test (and the rules' ``for:``, shortened); the rule expressions, routes and
-receivers are the files' own.
+"""The monitoring stack of ``deploy/`` against real processes: a two-worker ``bentoml serve`` and
+the loop controller beside it (``gateway-controller``, on the same state directory), a real
+Prometheus running ``deploy/prometheus.yml`` (scraping both under one job) and the rules of
+``deploy/rules/gateway.yml``, and a real Alertmanager running ``deploy/alertmanager.yml``. Only
+ports, paths and intervals are rendered for the test (and the rules' ``for:``, shortened); the
+rule expressions, routes and receivers are the files' own.
 
-One serve for the module. Drifted traffic makes ``GatewayInputDrift`` fire; Alertmanager posts it
-to ``/alerts`` and exactly one retrain starts, however often Alertmanager sends it again. The
-monitor's own alert is out of reach (``drift_alert_windows`` 10,000), so only that path can
-retrain. Then every query of the Grafana dashboard returns data from Prometheus."""
+One serve and one controller for the module. Drifted traffic makes ``GatewayInputDrift`` fire;
+Alertmanager posts it to the controller's ``/alerts`` and exactly one retrain starts, however
+often Alertmanager sends it again. The monitor's own alert is out of reach
+(``drift_alert_windows`` 10,000), so only that path can retrain. Then every query of the Grafana
+dashboard returns data from Prometheus."""
 
 from __future__ import annotations
 
@@ -24,7 +26,15 @@ import yaml
 
 from tests.conftest import FAST_LOANS, train_ok
 from tests.e2e.test_closed_loop import objects
-from tests.helpers import free_port, http_ok, metric_samples, process, serve_gateway, wait_until
+from tests.helpers import (
+    free_port,
+    http_ok,
+    metric_samples,
+    process,
+    run_controller,
+    serve_gateway,
+    wait_until,
+)
 from tests.integration.test_deploy_assets import (
     DEPLOY,
     RULES,
@@ -44,8 +54,9 @@ GRAFANA = {"$__rate_interval": "30s", "$job": JOB, "$model": "loans"}
 
 @dataclass(frozen=True)
 class Stack:
-    base: str  # BentoML's port: what Prometheus scrapes and Alertmanager posts to
+    base: str  # BentoML's port: the serving metrics Prometheus scrapes
     data: str  # the data plane
+    controller: str  # the loop controller: its metrics are scraped too, Alertmanager posts to it
     prometheus: str
     alertmanager: str
 
@@ -56,9 +67,10 @@ def dump(path: Path, content: Any) -> Path:
     return path
 
 
-def render_prometheus(directory: Path, gateway: str, alertmanager: str) -> Path:
-    """deploy/prometheus.yml on the test's ports with 1-s intervals, beside its rules with
-    ``for:`` cut to 1 s; the rule expressions stay as they are."""
+def render_prometheus(directory: Path, gateway: str, controller: str, alertmanager: str) -> Path:
+    """deploy/prometheus.yml on the test's ports (its gateway and controller targets, still in
+    one job) with 1-s intervals, beside its rules with ``for:`` cut to 1 s; the rule expressions
+    stay as they are."""
     rules = load_yaml(RULES)
     for group in rules["groups"]:
         for rule in group["rules"]:
@@ -67,15 +79,18 @@ def render_prometheus(directory: Path, gateway: str, alertmanager: str) -> Path:
     config = load_yaml(DEPLOY / "prometheus.yml")
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     (job,) = config["scrape_configs"]
-    job["static_configs"] = [{"targets": [gateway]}]
+    ports = {"localhost:3000": gateway, "localhost:3100": controller}
+    for static in job["static_configs"]:
+        static["targets"] = [ports.pop(target) for target in static["targets"]]
+    assert ports == {}, f"deploy/prometheus.yml does not scrape {sorted(ports)}"
     config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}]
     (rule_file,) = config["rule_files"]  # relative to the config, as in deploy/
     dump(directory / rule_file, rules)
     return dump(directory / "prometheus.yml", config)
 
 
-def render_alertmanager(directory: Path, base: str) -> Path:
-    """deploy/alertmanager.yml posting to the test's service with the test's token file, and
+def render_alertmanager(directory: Path, controller: str) -> Path:
+    """deploy/alertmanager.yml posting to the test's controller with the test's token file, and
     grouping and repeating within seconds."""
     config = load_yaml(DEPLOY / "alertmanager.yml")
     for route in [config["route"], *config["route"]["routes"]]:
@@ -83,7 +98,8 @@ def render_alertmanager(directory: Path, base: str) -> Path:
     (hook,) = next(r for r in config["receivers"] if r["name"] == "gateway-retrain")[
         "webhook_configs"
     ]
-    hook["url"] = hook["url"].replace("http://localhost:3000", base)
+    assert hook["url"].startswith("http://localhost:3100/"), hook["url"]
+    hook["url"] = hook["url"].replace("http://localhost:3100", controller)
     directory.mkdir(parents=True, exist_ok=True)
     token = directory / "alert-token"
     token.write_text(TOKEN)
@@ -105,20 +121,32 @@ def query(stack: Stack, expr: str) -> list[dict[str, Any]]:
 
 
 def gateway_up(stack: Stack) -> bool:
+    """Prometheus scrapes both targets of the job: the gateway and the controller."""
     targets = api(f"{stack.prometheus}/api/v1/targets")["activeTargets"]
-    return any(t["labels"]["job"] == JOB and t["health"] == "up" for t in targets)
+    up = {t["scrapeUrl"] for t in targets if t["labels"]["job"] == JOB and t["health"] == "up"}
+    return up == {f"{stack.base}/metrics", f"{stack.controller}/metrics"}
 
 
-def metric(stack: Stack, name: str, **labels: str) -> float:
-    """The sum of the service's samples of ``name`` whose labels include ``labels``."""
-    samples = metric_samples(httpx.get(f"{stack.base}/metrics", timeout=10).text, name)
+def metric(base: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` at ``base``/metrics whose labels include ``labels``."""
+    samples = metric_samples(httpx.get(f"{base}/metrics", timeout=10).text, name)
     wanted = [f'{k}="{v}"' for k, v in labels.items()]
     return sum(v for key, v in samples.items() if all(w in key for w in wanted))
 
 
 def retrains(stack: Stack) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = httpx.get(f"{stack.data}/retrains", timeout=10).json()["retrains"]
+    r = httpx.get(f"{stack.controller}/retrains", timeout=10)
+    assert r.status_code == 200, r.text
+    found: list[dict[str, Any]] = r.json()["retrains"]
     return found
+
+
+def webhook_posts(stack: Stack) -> tuple[float, float]:
+    """Alertmanager's posts to the webhook so far: ``(answered 2xx, failed)``."""
+    name = "alertmanager_notification_requests"
+    sent = metric(stack.alertmanager, f"{name}_total", integration="webhook")
+    failed = metric(stack.alertmanager, f"{name}_failed_total", integration="webhook")
+    return sent - failed, failed
 
 
 def bulk(stack: Stack, records: list[dict[str, Any]]) -> list[str]:
@@ -144,8 +172,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory, loans_data: Path) -> Iterato
     }
     with ExitStack() as running:
         base, data = running.enter_context(serve_gateway(uri, tmp, settings=settings))
+        # The loop controller on the gateway's state_dir, so on its store (predictions.db).
+        controller, controller_proc = running.enter_context(
+            run_controller(uri, tmp, settings=settings)
+        )
+        wait_until(
+            lambda: bool(httpx.get(f"{controller}/ready", timeout=2).json()["active"]),
+            60,
+            "the controller taking the lease",
+            controller_proc,
+        )
         am_port, prom_port = free_port(), free_port()
-        am_config = render_alertmanager(tmp / "alertmanager", base)
+        am_config = render_alertmanager(tmp / "alertmanager", controller)
         alertmanager = running.enter_context(
             process(
                 [
@@ -163,7 +201,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, loans_data: Path) -> Iterato
         am_url = f"http://127.0.0.1:{am_port}"
         wait_until(http_ok(f"{am_url}/-/ready"), 30, "alertmanager", alertmanager)
         prom_config = render_prometheus(
-            tmp / "prometheus", base.removeprefix("http://"), f"127.0.0.1:{am_port}"
+            tmp / "prometheus",
+            base.removeprefix("http://"),
+            controller.removeprefix("http://"),
+            f"127.0.0.1:{am_port}",
         )
         prometheus = running.enter_context(
             process(
@@ -181,8 +222,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, loans_data: Path) -> Iterato
         )
         prom_url = f"http://127.0.0.1:{prom_port}"
         wait_until(http_ok(f"{prom_url}/-/ready"), 30, "prometheus", prometheus)
-        found = Stack(base, data, prom_url, am_url)
-        wait_until(lambda: gateway_up(found), 30, "prometheus scraping the gateway", prometheus)
+        found = Stack(base, data, controller, prom_url, am_url)
+        wait_until(
+            lambda: gateway_up(found), 30, "prometheus scraping gateway and controller", prometheus
+        )
         yield found
 
 
@@ -199,7 +242,8 @@ def alerted(stack: Stack) -> dict[str, Any]:
 def test_drift_alert_goes_through_alertmanager_to_exactly_one_retrain(
     stack: Stack, alerted: dict[str, Any]
 ) -> None:
-    # Prometheus fired the rule on the gateway's own gauges, with the labels the route needs.
+    # Prometheus fired the rule on the gateway's and the controller's gauges (one job), with the
+    # labels the route needs.
     firing = [
         a
         for a in api(f"{stack.prometheus}/api/v1/alerts")["alerts"]
@@ -214,7 +258,7 @@ def test_drift_alert_goes_through_alertmanager_to_exactly_one_retrain(
             "version": "1",
         }
     ], firing
-    # Alertmanager routed it to the gateway's webhook.
+    # Alertmanager routed it to the controller's webhook.
     held = [
         a
         for a in api(f"{stack.alertmanager}/api/v2/alerts")
@@ -223,23 +267,24 @@ def test_drift_alert_goes_through_alertmanager_to_exactly_one_retrain(
     assert [r["name"] for a in held for r in a["receivers"]] == ["gateway-retrain"]
     # The retrain came from Alertmanager (the monitor's alert ids read "drift-…").
     assert alerted["alert_id"].startswith("alertmanager-"), alerted
-    assert metric(stack, "gateway_drift_alerts_total", source="alertmanager") == 1
-    assert metric(stack, "gateway_drift_alerts_total", source="monitor") == 0
+    assert metric(stack.controller, "gateway_drift_alerts_total", source="alertmanager") == 1
+    assert metric(stack.controller, "gateway_drift_alerts_total", source="monitor") == 0
 
     # Once it has ended (the gate rejects the untrained challenger), nothing stops another
     # retrain: Alertmanager keeps re-sending the firing alert, and none starts.
     wait_until(lambda: retrains(stack)[0]["finished"] is not None, 120, "the retrain's end")
 
-    def posts() -> float:
-        return metric(stack, "gateway_requests_total", endpoint="/alerts", status="200")
-
-    before = posts()
-    wait_until(lambda: posts() >= before + 3, 60, "three more posts from Alertmanager")
+    # The controller counts no requests of its own: Alertmanager's counters of its posts tell.
+    before, _ = webhook_posts(stack)
+    wait_until(
+        lambda: webhook_posts(stack)[0] >= before + 3, 60, "three more posts from Alertmanager"
+    )
     (only,) = retrains(stack)
     assert only["alert_id"] == alerted["alert_id"]
     assert only["result"] == "rejected", only
-    assert metric(stack, "gateway_drift_alerts_total", source="alertmanager") == 1
-    assert metric(stack, "gateway_requests_total", endpoint="/alerts", status="401") == 0
+    assert metric(stack.controller, "gateway_drift_alerts_total", source="alertmanager") == 1
+    # Every post was answered 2xx: none refused for the token (401), none by a standby (503).
+    assert webhook_posts(stack)[1] == 0
 
 
 def test_every_dashboard_query_returns_data(stack: Stack, alerted: dict[str, Any]) -> None:

@@ -126,7 +126,8 @@ def test_alertmanager_config_is_valid_and_routes_drift_to_the_webhook() -> None:
     am = load_yaml(DEPLOY / "alertmanager.yml")
     assert am["route"]["group_by"] == ["alertname", "model"]
     (hook,) = next(r for r in am["receivers"] if r["name"] == "gateway-retrain")["webhook_configs"]
-    assert hook["url"] == "http://localhost:3000/alerts"
+    # The loop controller (gateway-controller), not the serving workers' port 3000.
+    assert hook["url"] == "http://localhost:3100/alerts"
     assert hook["send_resolved"] is True
     authorization = hook["http_config"]["authorization"]
     assert authorization["type"] == "Bearer"
@@ -134,13 +135,14 @@ def test_alertmanager_config_is_valid_and_routes_drift_to_the_webhook() -> None:
     assert "credentials" not in authorization  # the token stays out of the file
 
 
-def test_prometheus_scrapes_the_gateway_and_alerts_alertmanager() -> None:
+def test_prometheus_scrapes_the_gateway_and_the_controller_and_alerts_alertmanager() -> None:
     config = load_yaml(DEPLOY / "prometheus.yml")
-    (job,) = config["scrape_configs"]
+    (job,) = config["scrape_configs"]  # one job: what selects job="lineage-gateway" sees both
     assert job["job_name"] == "lineage-gateway"
-    assert job["static_configs"][0]["targets"] == ["localhost:3000"]
-    targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
-    assert targets == ["localhost:9093"]
+    targets = [target for static in job["static_configs"] for target in static["targets"]]
+    assert targets == ["localhost:3000", "localhost:3100"]  # bentoml serve, gateway-controller
+    alertmanagers = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert alertmanagers == ["localhost:9093"]
     assert config["rule_files"] == ["rules/gateway.yml"]
 
 

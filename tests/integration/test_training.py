@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import FAST_LOANS, TINY_REVIEWS, Tracking, make_snapshot, train_ok
-from tests.helpers import cli
+from tests.helpers import cli, free_port
 from trainers import lineage, pipelines
 from trainers.packaging import unwrap
 from trainers.snapshots import sha256_file
@@ -263,3 +263,19 @@ def test_same_data_params_seed_give_identical_weights(store: str, loans_data: Pa
     first, second = (lineage_json(store, f"loans/{v}")["run"] for v in (1, 2))
     assert first["artifacts"]["weights_sha256"] == second["artifacts"]["weights_sha256"]
     assert first["metrics"]["test_auc"] == second["metrics"]["test_auc"]
+
+
+def test_a_tracking_server_that_is_down_is_one_line_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://gateway:hunter2@127.0.0.1:{free_port()}"
+    for args in (["train", "loans"], ["rollback", "loans"], ["lineage", "loans@champion"]):
+        result = cli(uri, *args)
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1, result.output
+        assert lines[0].startswith("error: tracking store http://gateway:***@127.0.0.1")
+        assert "hunter2" not in result.output
+        assert "Traceback" not in result.output
