@@ -15,6 +15,7 @@ counted, recorded (and by the gate in MLflow), and the next alert may retrain ag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shlex
@@ -37,6 +38,7 @@ TRIGGER_TAG = "lineage.trigger"  # what `trainers` records as the reason of a ru
 MAX_FEEDBACK_ROWS = 50_000
 HOST = socket.gethostname()
 ADOPTED_POLL_S = 2.0
+LOG_POLL_S = 0.5
 
 
 class RetrainLoop:
@@ -167,9 +169,12 @@ class RetrainLoop:
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.settings.tracking_uri}
         env["MLFLOW_REGISTRY_URI"] = self.settings.registry_uri
         try:
-            process = await asyncio.create_subprocess_exec(
-                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
-            )
+            # The retrain writes its log file itself: it must outlive a controller that dies
+            # (whose pipe would break under it); the controller reads the file as it grows.
+            with logfile.open("wb") as out:
+                process = await asyncio.create_subprocess_exec(
+                    *command, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env
+                )
         except Exception as exc:
             log.exception("alert %s: could not start the retrain", trigger)
             self._count(model, "failed")
@@ -225,19 +230,18 @@ class RetrainLoop:
         model: LoadedModel,
         logfile: Path,
     ) -> None:
-        """Stream the retrain's log, wait for it, then record what the gate decided (and swap
-        to a promoted version)."""
+        """Echo the retrain's log as it grows, wait for it, then record what the gate decided
+        (following a promoted version first)."""
         started = time.perf_counter()
         try:
-            assert process.stdout is not None
-            with logfile.open("wb") as out:
-                async for line in process.stdout:
-                    out.write(line)
-                    out.flush()
-                    text = line.decode(errors="replace").rstrip()
-                    if text:
-                        log.info("retrain %s | %s", trigger, text)
-            code = await process.wait()
+            with logfile.open("rb") as written:
+                code = None
+                while code is None:
+                    with contextlib.suppress(TimeoutError):
+                        code = await asyncio.wait_for(process.wait(), LOG_POLL_S)
+                    for line in written.read().decode(errors="replace").splitlines():
+                        if line.strip():
+                            log.info("retrain %s | %s", trigger, line.rstrip())
         finally:
             self.metrics.safely(lambda: self.metrics.retrain_running.labels(model.name).set(0))
         elapsed = time.perf_counter() - started
