@@ -25,7 +25,6 @@ import pytest
 import yaml
 
 from tests.conftest import FAST_LOANS, train_ok
-from tests.e2e.test_closed_loop import objects
 from tests.helpers import (
     free_port,
     http_ok,
@@ -43,6 +42,7 @@ from tests.integration.test_deploy_assets import (
     panel_queries,
     tool,
 )
+from tests.traffic import objects
 
 WINDOW = 150
 TOKEN = "am-s3cret"

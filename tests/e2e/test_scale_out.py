@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,9 +22,9 @@ import httpx
 import pytest
 
 from tests.conftest import FAST_LOANS, make_snapshot, train_ok
-from tests.e2e.test_closed_loop import objects
 from tests.helpers import cli, run_controller, serve_gateway, wait_until
 from tests.services import PSYCOPG, NetHost, Postgres, mlflow_server, network_hosts, postgres
+from tests.traffic import SteadyClient, objects
 
 WINDOW = 100
 POLL_S = 1.0
@@ -35,43 +33,6 @@ LEASE_TTL_S = 3.0
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="network namespaces for the test hosts need root"
 )
-
-
-class Client(threading.Thread):
-    """Single-object calls to one replica, one after another, until stopped."""
-
-    def __init__(self, base: str) -> None:
-        super().__init__(daemon=True)
-        self.base = base
-        self.statuses: Counter[int] = Counter()
-        self.failures: list[str] = []
-        self.versions: Counter[str] = Counter()
-        self.stopping = threading.Event()
-        self.population, _ = objects(200, 1.0, 71)
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=30) as client:
-            i = 0
-            while not self.stopping.is_set():
-                try:
-                    r = client.post("/predict", json={"application": self.population[i % 200]})
-                    self.statuses[r.status_code] += 1
-                    if r.status_code == 200:
-                        self.versions[r.json()["model_version"]] += 1
-                    else:
-                        self.failures.append(f"{r.status_code} {r.text[:200]}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                i += 1
-                time.sleep(0.01)
-
-    def __enter__(self) -> Client:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.join(30)
 
 
 def statuses(controllers: list[str]) -> list[dict[str, Any] | None]:
@@ -216,7 +177,7 @@ def test_two_replicas_two_controllers_one_loop(
         assert logged[0] >= sent
 
         # A replica dies; the clients of the other see no failure.
-        with Client(replicas[1]) as survivor:
+        with SteadyClient(replicas[1], objects(200, 1.0, 71)[0], 0.01) as survivor:
             wait_until(lambda: survivor.statuses[200] >= 20, 30, "answers from replica 2")
             first = httpx.get(f"{replicas[0]}/ready", timeout=5)
             assert first.status_code == 200
