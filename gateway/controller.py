@@ -34,7 +34,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.core import record_feedback
-from gateway.errors import GatewayError, InvalidInput, Unavailable
+from gateway.errors import (
+    GatewayError,
+    InvalidInput,
+    ModelUnavailable,
+    StoreUnavailable,
+    Unavailable,
+)
 from gateway.http import bearer, error_response, json_body
 from gateway.loop import RetrainLoop
 from gateway.metrics import GatewayMetrics
@@ -42,7 +48,7 @@ from gateway.model import LoadedModel
 from gateway.monitor import DriftMonitor
 from gateway.settings import GatewaySettings
 from gateway.store import Store
-from trainers.sqlstore import redact
+from trainers.sqlstore import StoreError, redact
 
 log = logging.getLogger(__name__)
 Loader = Callable[[GatewaySettings, str | None], LoadedModel]
@@ -76,7 +82,7 @@ class Controller:
 
     def current(self) -> LoadedModel:
         if self.model is None:
-            raise Unavailable("the controller has not loaded the champion yet")
+            raise ModelUnavailable("the controller has not loaded the champion yet")
         return self.model
 
     async def start(self) -> None:
@@ -198,6 +204,8 @@ def create_app(controller: Controller) -> Starlette:
                 return await endpoint(request)
             except GatewayError as exc:
                 return error_response(exc)
+            except StoreError as exc:  # the store is down: the caller may send it again
+                return error_response(StoreUnavailable(f"the shared store cannot answer: {exc}"))
 
         return wrapper
 
@@ -251,10 +259,7 @@ def create_app(controller: Controller) -> Starlette:
 
     async def retrains(request: Request) -> Response:
         name = controller.current().name
-        try:
-            found = await asyncio.to_thread(controller.store.retrains, name)
-        except Exception as exc:
-            raise Unavailable(f"the store cannot be read now: {exc}") from exc
+        found = await asyncio.to_thread(controller.store.retrains, name)
         return JSONResponse({"retrains": found})
 
     @asynccontextmanager

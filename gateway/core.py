@@ -16,7 +16,14 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.batching import Batcher, BatchStats, check_outputs
 from gateway.device import Device, make_device
-from gateway.errors import BadRequest, GatewayError, InvalidInput, InvalidTensor, Unavailable
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    InvalidInput,
+    InvalidTensor,
+    StoreUnavailable,
+    Unavailable,
+)
 from gateway.metrics import GatewayMetrics, outcome_field
 from gateway.model import LoadedModel
 from gateway.predlog import PredictionLog, request_ids
@@ -321,7 +328,7 @@ def record_feedback(
     try:
         store.record_feedback(labels)
     except StoreError as exc:
-        raise Unavailable(f"the store cannot record feedback now ({exc}); send it again") from exc
+        raise StoreUnavailable(f"feedback not recorded, send it again: {exc}") from exc
     metrics.safely(lambda: metrics.feedback.labels("recorded").inc(len(labels)))
     return {"recorded": len(labels)}
 

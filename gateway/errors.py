@@ -46,6 +46,12 @@ class ModelUnavailable(GatewayError):
     status_code = 503
 
 
+class StoreUnavailable(GatewayError):
+    """The shared store cannot answer now (it is down or refused); the caller may retry."""
+
+    status_code = 503
+
+
 class Unavailable(GatewayError):
     """A feature that is switched off in the settings."""
 

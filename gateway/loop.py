@@ -259,7 +259,11 @@ class RetrainLoop:
         version first)."""
         decision, version = await asyncio.to_thread(self._decision, model.name, trigger)
         if decision == "promoted":
-            followed = await self.follow()
+            try:
+                followed = await self.follow()
+            except Exception as exc:  # the replicas follow the alias on their own anyway
+                log.exception("alert %s: could not follow the promoted version", trigger)
+                followed = f"not yet ({exc})"
             detail = f"v{version} promoted {when}; the controller follows: {followed}"
         elif decision == "rejected":
             detail = f"v{version} rejected by the gate; v{model.version} keeps serving"

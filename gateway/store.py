@@ -120,6 +120,11 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.db!r})"
 
+    def open(self) -> None:
+        """Connect (and bring the schema up to date) now rather than at the first use."""
+        with self.db.connection():
+            pass
+
     def close(self) -> None:
         self.db.close()
 

@@ -24,7 +24,7 @@ from gateway.core import GatewayCore
 from gateway.dataplane import DataPlane
 from gateway.predlog import PredictionLog
 from gateway.store import Store
-from trainers.sqlstore import redact
+from trainers.sqlstore import StoreError, redact
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ class Worker:
         settings, metrics = self.core.settings, self.core.metrics
         if settings.log_predictions:
             self.store = Store(settings.shared_store, connect_timeout_s=settings.store_timeout_s)
+            try:  # the schema, now rather than at the first write; a store that is down later
+                await asyncio.to_thread(self.store.open)
+            except StoreError as exc:  # ... or now is retried by the writer: it fails nothing
+                log.warning("prediction log: %s; answers are kept until it answers", exc)
             self.predictions = PredictionLog(self.store, settings.log_buffer, metrics)
             self.core.log_to(self.predictions)
             log.info("prediction log: %s", redact(settings.shared_store))

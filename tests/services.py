@@ -34,6 +34,8 @@ def _pg(tool: str) -> str:
 class Postgres:
     host: str
     port: int
+    data: Path
+    options: str
 
     def url(self, database: str, driver: str = "postgresql") -> str:
         return f"{driver}://postgres@{self.host}:{self.port}/{database}"
@@ -46,6 +48,18 @@ class Postgres:
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"{copy}')
         return self.url(name)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: connections break at once, as in an outage (``fast`` keeps what was
+        committed; ``immediate`` is a crash, which this cluster's settings make lossy)."""
+        self._ctl("-m", mode, "stop")
+
+    def start(self) -> None:
+        self._ctl("-o", self.options, "-l", str(self.data.parent / "log"), "-w", "start")
+
+    def _ctl(self, *args: str) -> None:
+        command = _as_postgres([_pg("pg_ctl"), "-D", str(self.data), *args])
+        subprocess.run(command, check=True, capture_output=True)
 
 
 @contextlib.contextmanager
@@ -69,16 +83,13 @@ def postgres(listen: Sequence[str] = ("127.0.0.1",)) -> Iterator[Postgres]:
     )
     with (data / "pg_hba.conf").open("a") as hba:
         hba.write("host all all 0.0.0.0/0 trust\n")
-    start = [_pg("pg_ctl"), "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w"]
-    subprocess.run(_as_postgres([*start, "start"]), check=True, capture_output=True)
+    cluster = Postgres(listen[0], port, data, options)
+    cluster.start()
     try:
-        yield Postgres(listen[0], port)
+        yield cluster
     finally:
-        subprocess.run(
-            _as_postgres([_pg("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-            check=False,
-            capture_output=True,
-        )
+        with contextlib.suppress(subprocess.CalledProcessError):
+            cluster.stop("immediate")
         shutil.rmtree(directory, ignore_errors=True)
 
 
