@@ -1,11 +1,23 @@
-"""`make bench`: the `loans` pipeline served three ways on this machine, in one run, under the same
-closed-loop load — `mlflow models serve` of the logged model, the plain BentoML service
-(`loadtests/plain_service.py`), and the gateway — then the gateway's ratios to the other two.
+"""`make bench`: the gateway measured on this machine, in parts (``--parts``):
 
-Load generator: wrk (C, keep-alive, closed loop: each of the 64 connections sends its next
-request when the previous answer arrives), one object per request, 20 s per server, after a 3 s
-warm-up. wrk runs on the same machine as the servers, so the numbers are comparable with each
-other, not with another machine's.
+- servers: the `loans` pipeline served three ways under the same closed-loop load — `mlflow
+  models serve` of the logged model, the plain BentoML service (`loadtests/plain_service.py`) and
+  the gateway — then the gateway's ratios to the other two;
+- protocols: one gateway worker over business JSON, OIP JSON and OIP gRPC, per CPU-second, and
+  locust's figures;
+- monitor: the gateway with its prediction log and its loop controller (`gateway-controller`,
+  drift windows) vs the gateway with neither, in requests per CPU-second of each side's
+  processes; the log in SQLite or in PostgreSQL (``--store``);
+- loop: an Alertmanager alert to the controller → retrain → promotion → every answer from the
+  new version;
+- scaleout: the shared services of a deployment of several replicas — tracking-store round
+  trips through `mlflow server` on PostgreSQL vs the embedded SQLite URI, and the prediction
+  log's sustained insert rate into PostgreSQL from two replicas.
+
+Load generator: wrk (C, keep-alive, closed loop: each connection sends its next request when
+the previous answer arrives). In the servers part: 64 connections, one object per request, 20 s
+per server, after a 3 s warm-up. wrk runs on the same machine as the servers, so the numbers
+are comparable with each other, not with another machine's.
 """
 
 from __future__ import annotations
@@ -25,11 +37,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,11 +61,19 @@ OBJECT = {
 
 
 @dataclass
-class Server:
+class Service:
+    """A process the bench starts and stops: its command, environment and readiness URL."""
+
     name: str
     args: list[str]
     env: dict[str, str]
-    ready: str  # path polled for readiness
+    ready: str  # URL polled for readiness
+
+
+@dataclass
+class Server(Service):
+    """A server the bench loads."""
+
     predict: str  # path for one object
     body: dict[str, object]  # one object, in this server's format
     bulk_body: dict[str, object]  # 1,000 objects
@@ -83,7 +107,7 @@ class Started:
 
 
 @contextmanager
-def running(server: Server, log: Path, cores: set[int] | None = None) -> Iterator[Started]:
+def running(server: Service, log: Path, cores: set[int] | None = None) -> Iterator[Started]:
     """Start ``server`` (on ``cores`` only, where given: its processes and threads inherit
     them); yield its cold start and its pid once it is ready."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **server.env}
@@ -262,10 +286,12 @@ def gateway_server(
     bulk: list[dict[str, object]],
     *,
     shared_device: str = "off",
-    loop: bool = True,
+    log_predictions: bool = True,
 ) -> Server:
-    """The gateway as configured by default; without ``loop``, no prediction log and no drift
-    monitor."""
+    """The gateway as configured by default (prediction log on: every answered object appended to
+    the shared store, SQLite in its state directory unless ``GATEWAY_STORE_URL`` is added);
+    without ``log_predictions``, no prediction log. The loop (drift, alerts, retrains) runs in a
+    controller of its own: see ``controller_service``."""
     port, data = free_port(), free_port()
     return Server(
         name,
@@ -275,7 +301,7 @@ def gateway_server(
             "GATEWAY_DATA_PORT": str(data),
             "GATEWAY_GRPC_PORT": str(free_port()),
             "GATEWAY_SHARED_DEVICE": shared_device,
-            "GATEWAY_LOG_PREDICTIONS": str(loop).lower(),
+            "GATEWAY_LOG_PREDICTIONS": str(log_predictions).lower(),
             "GATEWAY_STATE_DIR": str(home.parent / f"state-{name.replace(' ', '-')}-{workers}"),
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "true",
@@ -289,7 +315,39 @@ def gateway_server(
     )
 
 
-PARTS = ("servers", "protocols", "monitor", "loop")
+def controller_service(gateway: Server, name: str) -> Service:
+    """The loop controller of ``gateway`` as configured by default (a drift window every 30 s):
+    the same tracking store, state directory and shared store, so it reads the prediction log
+    the gateway appends."""
+    port = free_port()
+    shared = ("GATEWAY_TRACKING_URI", "GATEWAY_STATE_DIR", "GATEWAY_STORE_URL")
+    return Service(
+        name,
+        [str(BIN / "gateway-controller")],
+        {
+            **{key: value for key, value in gateway.env.items() if key in shared},
+            "GATEWAY_CONTROLLER_HOST": "127.0.0.1",
+            "GATEWAY_CONTROLLER_PORT": str(port),
+        },
+        f"http://127.0.0.1:{port}/ready",
+    )
+
+
+def base_url(url: str) -> str:
+    """``url`` without its last path segment: a server's base from one of its endpoints."""
+    return url.rsplit("/", 1)[0]
+
+
+def wait_active(controller: str, timeout_s: float = 60) -> None:
+    """Wait until the controller at ``controller`` holds the lease (it refuses alerts before)."""
+    deadline = time.perf_counter() + timeout_s
+    while not httpx.get(f"{controller}/ready", timeout=10).json().get("active"):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"the controller at {controller} not active after {timeout_s} s")
+        time.sleep(0.1)
+
+
+PARTS = ("servers", "protocols", "monitor", "loop", "scaleout")
 
 
 def main() -> None:
@@ -303,8 +361,9 @@ def main() -> None:
         choices=PARTS,
         default=list(PARTS),
         help="servers: the three servers compared; protocols: HTTP, OIP and gRPC, and locust; "
-        "monitor: the gateway with its prediction log and drift monitor on vs off; "
-        "loop: alert to serving",
+        "monitor: the gateway with its prediction log and loop controller vs with neither; "
+        "loop: alert to serving; scaleout: mlflow server on PostgreSQL vs embedded SQLite, and "
+        "two replicas' prediction log into PostgreSQL (for --seconds)",
     )
     parser.add_argument("--protocol-seconds", type=int, default=10)
     parser.add_argument("--protocol-rounds", type=int, default=6)
@@ -313,8 +372,15 @@ def main() -> None:
     parser.add_argument(
         "--monitor-aa",
         action="store_true",
-        help="monitor part as an A/A run: both servers without log or monitor, to show the "
+        help="monitor part as an A/A run: both servers without log or controller, to show the "
         "bench's own bias and noise",
+    )
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="monitor part: the shared store the prediction log goes to (postgres: a throwaway "
+        "cluster on this machine, whose CPU seconds are reported apart)",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -323,12 +389,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lineage-bench-"))
     store = f"sqlite:///{work / 'mlflow.db'}"
     print(f"training loans into {store} …", flush=True)
-    subprocess.run(
-        [str(BIN / "trainers"), "--tracking-uri", store, "train", "loans"],
-        cwd=work,
-        check=True,
-        capture_output=True,
-    )
+    train(store, work)
     results: list[Result] = []
     for workers in sorted(set(args.workers)) if "servers" in args.parts else []:
         for server in servers(store, workers, work / "bentoml"):
@@ -355,13 +416,29 @@ def main() -> None:
             args.connections,
             rounds=args.monitor_rounds,
             calibrate=args.monitor_aa,
+            shared_store=args.store,
         )
     if "loop" in args.parts:
         alert_to_serving(store, work, max(args.workers))
+    if "scaleout" in args.parts:
+        scaleout(store, work, args.seconds)
+
+
+def train(store: str, cwd: Path, *params: str) -> None:
+    """Train ``loans`` into the tracking store ``store`` (with ``params``, ``K=V``)."""
+    overrides = [arg for param in params for arg in ("--param", param)]
+    subprocess.run(
+        [str(BIN / "trainers"), "--tracking-uri", store, "train", "loans", *overrides],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
 
 
 def _proc_stats() -> dict[int, tuple[int, float]]:
-    """pid → (parent pid, CPU seconds used so far: user + system)."""
+    """pid → (parent pid, CPU seconds used so far: user + system, its own and that of the
+    children it has reaped — so a tree's sum keeps what its short-lived processes used, such as
+    PostgreSQL's autovacuum workers)."""
     stats: dict[int, tuple[int, float]] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -369,13 +446,14 @@ def _proc_stats() -> dict[int, tuple[int, float]]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        stats[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+        used = sum(int(field) for field in fields[11:15])  # utime, stime, cutime, cstime
+        stats[int(stat.parent.name)] = (int(fields[1]), used / tick)
     return stats
 
 
 def tree_pids(root: int, stats: dict[int, tuple[int, float]] | None = None) -> set[int]:
-    """``root`` and every process below it (the workers, and the drift process in its own
-    session)."""
+    """``root`` and every process below it (workers, and children in sessions of their own such
+    as the controller's drift process)."""
     stats = _proc_stats() if stats is None else stats
     below = {root}
     grew = True
@@ -386,9 +464,9 @@ def tree_pids(root: int, stats: dict[int, tuple[int, float]] | None = None) -> s
     return below & set(stats)
 
 
-def tree_cpu_seconds(root: int) -> float:
+def tree_cpu_seconds(root: int, stats: dict[int, tuple[int, float]] | None = None) -> float:
     """CPU seconds used so far by ``root`` and every process below it."""
-    stats = _proc_stats()
+    stats = _proc_stats() if stats is None else stats
     return sum(stats[pid][1] for pid in tree_pids(root, stats))
 
 
@@ -430,10 +508,9 @@ def protocols(store: str, work: Path, seconds: int, connections: int, rounds: in
     cores = sorted(os.sched_getaffinity(0))
     server_cores = {cores[0]} if len(cores) > 1 else None
     client_cores = set(cores[1:]) or None
+    # The prediction log stays on (each answer is logged, whatever the protocol); no controller
+    # runs, so no drift window lands in one protocol's run and not another's.
     server = gateway_server("gateway protocols", store, 1, work / "bentoml", [OBJECT])
-    # The prediction log stays on (each answer is logged, whatever the protocol); the drift
-    # monitor is off: its windows would land in one protocol's run and not another's.
-    server.env["GATEWAY_DRIFT_ENABLED"] = "false"
     grpc_target = f"127.0.0.1:{server.env['GATEWAY_GRPC_PORT']}"
     data = server.predict.rsplit("/", 1)[0]
     infer = f"{data}/v2/models/loans/infer"
@@ -623,6 +700,38 @@ def perf_analyzer(grpc_target: str, data: str, work: Path) -> None:
         print(f"perf_analyzer ({protocol}): {summary or run.stderr.strip()[-300:]}")
 
 
+SIDES = ("first", "second")  # the monitor part's servers: with log and controller (A/A: without)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The monitor part's two sides and the processes their CPU seconds are read from."""
+
+    servers: dict[str, Server]  # by side
+    roots: dict[str, list[int]]  # by side: the process trees whose CPU is that side's
+    controller: int | None  # the first side's controller (None in an A/A run)
+    engine: int | None  # PostgreSQL's postmaster, when the log goes to PostgreSQL
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far: by each side (``first``, ``second``) and, within the first,
+        by its prediction log (``log``: the workers count it), its controller (``controller``:
+        the drift process apart) and its drift process (``drift``); by PostgreSQL
+        (``postgres``: an external engine, in neither side)."""
+        stats = _proc_stats()
+        found = {
+            side: sum(tree_cpu_seconds(root, stats) for root in self.roots[side]) for side in SIDES
+        }
+        base = base_url(self.servers["first"].predict)
+        found["log"] = metric_total(base, "gateway_prediction_log_cpu_seconds_total")
+        found["controller"] = found["drift"] = 0.0
+        if self.controller is not None:
+            drift = tree_pids_running(self.controller, b"gateway.lowprio", stats)
+            found["drift"] = sum(stats[pid][1] for pid in drift)
+            found["controller"] = tree_cpu_seconds(self.controller, stats) - found["drift"]
+        found["postgres"] = tree_cpu_seconds(self.engine, stats) if self.engine else 0.0
+        return found
+
+
 def monitor_cost(
     store: str,
     work: Path,
@@ -632,75 +741,76 @@ def monitor_cost(
     *,
     rounds: int,
     calibrate: bool = False,
+    shared_store: str = "sqlite",
 ) -> None:
-    """The gateway as configured by default (prediction log on, a drift window every 30 s) vs
-    with neither, in steady state, both loaded at the same time.
+    """The gateway as configured by default (prediction log on) with its loop controller (a
+    drift window every 30 s) vs the gateway with neither, in steady state, both loaded at the
+    same time.
 
-    Both servers run side by side, their workers pinned one per core alike, and the monitor's
+    Both servers run side by side, their workers pinned one per core alike, and the controller's
     drift process has imported Evidently and evaluated a first window (under light load, the
     other server paused) before measuring starts. Each round then loads both servers at once,
     each with its own ``wrk``, so that whatever slows this machine down slows both alike. The
     kernel shares each core between the two servers' workers, so a server's requests per second
-    depend on the share it got; its requests per CPU-second of its process tree (drift process
-    and log writer included) do not, and at saturation throughput is that rate times the cores.
+    depend on the share it got; its requests per CPU-second do not, and at saturation throughput
+    is that rate times the cores. The first side's CPU seconds are those of its serve's process
+    tree (log writers included) and of its controller's (drift process included).
 
-    With ``calibrate`` the first server runs without log and monitor too: an A/A run, whose
-    ratio shows the bench's own bias and noise."""
-    kind = "A/A: both without log or monitor" if calibrate else "monitor on vs off"
+    With ``shared_store`` "postgres" the log goes to a throwaway PostgreSQL cluster on this
+    machine: an external engine, whose CPU seconds are printed apart, outside the ratio. With
+    ``calibrate`` the first server runs without log and controller too: an A/A run, whose ratio
+    shows the bench's own bias and noise."""
+    kind = (
+        "A/A: both without log or controller"
+        if calibrate
+        else f"log ({shared_store}) and controller on vs off"
+    )
     print(
         f"\n{kind}: {workers} worker(s) each, {connections} connections each, {rounds} rounds of "
         f"{seconds} s, both servers loaded at once"
     )
-    from trainers.pipelines import get
-
-    loans = get("loans")
-    applications = [  # in-distribution traffic: no window should drift, no alert retrain
-        {"application": item.model_dump(mode="json")}
-        for item in loans.inputs_from_frame(loans.generate(500, 0.0, 7))
-    ]
+    applications: list[dict[str, object]] = [{"application": item} for item in in_distribution(500)]
     # Side by side, each needs a BentoML home of its own (its metrics directory included).
     first = "gateway monitor off A" if calibrate else "gateway"
-    on = gateway_server(first, store, workers, work / "bentoml-on", [OBJECT], loop=not calibrate)
-    off = gateway_server(
-        "gateway monitor off", store, workers, work / "bentoml-off", [OBJECT], loop=False
+    on = gateway_server(
+        first, store, workers, work / "bentoml-on", [OBJECT], log_predictions=not calibrate
     )
-    with (
-        running(on, work / "monitor-on.log") as started_on,
-        running(off, work / "monitor-off.log") as started_off,
-    ):
-        roots = {True: started_on.pid, False: started_off.pid}
-        for root in roots.values():
-            pin_workers(root)
-        base = on.predict.rsplit("/", 1)[0]
-        warm_started = time.perf_counter()
-        pause(roots[False])
-        try:
-            while not calibrate and drift_windows(base) < 1:  # the drift process evaluates
-                if time.perf_counter() - warm_started > 300:
-                    raise RuntimeError("the monitor evaluated no window in 300 s of light load")
-                wrk(on.predict, applications, 5, 4)
-        finally:
-            resume(roots[False])  # a paused server would not hear the signal that stops it
+    off = gateway_server(
+        "gateway monitor off", store, workers, work / "bentoml-off", [OBJECT], log_predictions=False
+    )
+    with ExitStack() as stack:
+        engine = None
+        if shared_store == "postgres" and not calibrate:
+            on.env["GATEWAY_STORE_URL"], engine = stack.enter_context(shared_postgres())
+        roots = {
+            "first": [stack.enter_context(running(on, work / "monitor-on.log")).pid],
+            "second": [stack.enter_context(running(off, work / "monitor-off.log")).pid],
+        }
+        cores = pin_workers(roots["first"][0])
+        pin_workers(roots["second"][0])
+        controller, control = None, ""
         if not calibrate:
-            print(
-                f"warm-up: first drift window after {time.perf_counter() - warm_started:.0f} s "
-                f"of light load; the drift process had used "
-                f"{drift_process_cpu(roots[True]):.1f} CPU-s"
-            )
-        windows_before = drift_windows(base)
-        rates = measure_rounds(
-            {True: (on, roots[True]), False: (off, roots[False])},
-            applications,
-            seconds,
-            connections,
-            rounds,
-        )
-        windows = drift_windows(base) - windows_before
-        drift_cpu = drift_process_cpu(roots[True])
-    ratios = [a / b for a, b in zip(rates[True], rates[False], strict=True)]
+            service = controller_service(on, "controller")
+            controller = stack.enter_context(running(service, work / "monitor-controller.log")).pid
+            control = base_url(service.ready)
+            # The controller (and the drift process it starts later, which inherits this) runs
+            # on the cores of the first server's workers, which are the second's too (worker i
+            # of each on core i): the loop's CPU comes out of the cores both servers share, not
+            # out of the cores left to wrk, and is counted to the first.
+            pin_tree(controller, cores)
+            roots["first"].append(controller)
+        measured = Measured({"first": on, "second": off}, roots, controller, engine)
+        if control:
+            warm_up(measured, control, applications)
+        windows_before = drift_windows(control) if control else 0
+        rates = measure_rounds(measured, applications, seconds, connections, rounds)
+        windows = drift_windows(control) - windows_before if control else 0
+        drift_cpu = measured.cpu()["drift"]
+    ratios = [a / b for a, b in zip(rates["first"], rates["second"], strict=True)]
     mean, low, high = geometric_interval(ratios)
+    counted = "" if calibrate else " (its controller's included)"
     print(
-        f"{on.name} / {off.name}, req per server CPU-s: {mean:.3f}x over {rounds} rounds, "
+        f"{on.name} / {off.name}, req per CPU-s{counted}: {mean:.3f}x over {rounds} rounds, "
         f"95 % interval {low:.3f}x to {high:.3f}x (rounds: {min(ratios):.3f}x to "
         f"{max(ratios):.3f}x)"
     )
@@ -709,6 +819,53 @@ def monitor_cost(
             f"drift windows evaluated while measured: {windows}; the drift process used "
             f"{drift_cpu:.1f} CPU-s in all"
         )
+
+
+def in_distribution(count: int) -> list[dict[str, object]]:
+    """``count`` loan applications drawn like the training data: no window drifts on them."""
+    from trainers.pipelines import get
+
+    loans = get("loans")
+    return [
+        item.model_dump(mode="json")
+        for item in loans.inputs_from_frame(loans.generate(count, 0.0, 7))
+    ]
+
+
+def warm_up(measured: Measured, controller: str, bodies: list[dict[str, object]]) -> None:
+    """Light load on the first server, the second paused, until ``controller`` has evaluated a
+    first drift window (its drift process has imported Evidently)."""
+    started = time.perf_counter()
+    paused = measured.roots["second"][0]
+    pause(paused)
+    try:
+        while drift_windows(controller) < 1:
+            if time.perf_counter() - started > 300:
+                raise RuntimeError("the controller evaluated no window in 300 s of light load")
+            wrk(measured.servers["first"].predict, bodies, 5, 4)
+    finally:
+        resume(paused)  # a paused server would not hear the signal that stops it
+    used = measured.cpu()
+    print(
+        f"warm-up: first drift window after {time.perf_counter() - started:.0f} s of light "
+        f"load; the controller had used {used['controller']:.1f} CPU-s, its drift process "
+        f"{used['drift']:.1f}"
+    )
+
+
+@contextmanager
+def shared_postgres() -> Iterator[tuple[str, int]]:
+    """A throwaway PostgreSQL cluster on this machine with an empty database for the shared
+    store: its URL and the postmaster's pid (PostgreSQL's processes are its tree)."""
+    from tests.services import postgres
+
+    with postgres() as pg:
+        yield pg.create_database("predictions"), postmaster(pg.data)
+
+
+def postmaster(data: Path) -> int:
+    """The pid of the PostgreSQL server running on the data directory ``data``."""
+    return int((data / "postmaster.pid").read_text().split()[0])
 
 
 def geometric_interval(ratios: list[float]) -> tuple[float, float, float]:
@@ -725,87 +882,96 @@ def geometric_interval(ratios: list[float]) -> tuple[float, float, float]:
 
 
 def measure_rounds(
-    servers: dict[bool, tuple[Server, int]],
+    measured: Measured,
     bodies: list[dict[str, object]],
     seconds: int,
     connections: int,
     rounds: int,
-) -> dict[bool, list[float]]:
-    """Requests per CPU-second of the server's process tree in each round, monitor on (True)
-    and off, both servers loaded at once; ``servers`` holds each server with its root pid."""
-    rates: dict[bool, list[float]] = {True: [], False: []}
-    log_total = drift_total = cpu_total = 0.0
+) -> dict[str, list[float]]:
+    """Requests per CPU-second of each side's processes in each round, both sides loaded at
+    once."""
+    rates: dict[str, list[float]] = {side: [] for side in SIDES}
+    totals = dict.fromkeys(measured.cpu(), 0.0)
 
-    def load(loop: bool, seconds: int) -> tuple[float, float, float, int]:
-        return wrk(servers[loop][0].predict, bodies, seconds, connections)
+    def load(side: str, seconds: int) -> tuple[float, float, float, int]:
+        return wrk(measured.servers[side].predict, bodies, seconds, connections)
 
     with ThreadPoolExecutor(2) as pool:
         for i in range(rounds):
-            list(pool.map(load, (True, False), (3, 3)))  # warm-up
-            cpu = {loop: tree_cpu_seconds(root) for loop, (_, root) in servers.items()}
-            log, drift = loop_cpu_seconds(*servers[True])
-            both = pool.map(load, (True, False), (seconds, seconds))
-            runs = dict(zip((True, False), both, strict=True))
-            cpu = {loop: tree_cpu_seconds(root) - cpu[loop] for loop, (_, root) in servers.items()}
-            log_now, drift_now = loop_cpu_seconds(*servers[True])
-            log, drift = log_now - log, drift_now - drift
-            log_total += log
-            drift_total += drift
-            cpu_total += cpu[True]
-            for loop in (True, False):
-                ok, p50, p99, errors = runs[loop]
-                per_cpu = ok * seconds / cpu[loop]
-                rates[loop].append(per_cpu)
+            list(pool.map(load, SIDES, (3, 3)))  # warm-up
+            before = measured.cpu()
+            runs = dict(zip(SIDES, pool.map(load, SIDES, (seconds, seconds)), strict=True))
+            used = {key: value - before[key] for key, value in measured.cpu().items()}
+            totals = {key: value + used[key] for key, value in totals.items()}
+            for side in SIDES:
+                ok, p50, p99, errors = runs[side]
+                per_cpu = ok * seconds / used[side]
+                rates[side].append(per_cpu)
+                shares = side == "first" and measured.controller is not None
                 print(
-                    f"round {i + 1}  {servers[loop][0].name:<24}{ok:>7.0f} req/s  "
-                    f"{cpu[loop] / seconds:4.2f} cores  {per_cpu:>6.0f} req/CPU-s  "
+                    f"round {i + 1}  {measured.servers[side].name:<24}{ok:>7.0f} req/s  "
+                    f"{used[side] / seconds:4.2f} cores  {per_cpu:>6.0f} req/CPU-s  "
                     f"p50 {p50:5.1f} ms  p99 {p99:6.1f} ms  errors {errors}"
-                    + (
-                        f"  loop's own CPU: log {log / cpu[loop]:.1%}, "
-                        f"drift {drift / cpu[loop]:.1%}"
-                        if loop
-                        else ""
-                    )
+                    + (f"  loop's own CPU: {loop_shares(used)}" if shares else "")
                 )
             print(
                 f"round {i + 1}  first / second = "
-                f"{rates[True][-1] / rates[False][-1]:.3f}x req per CPU-s",
+                f"{rates['first'][-1] / rates['second'][-1]:.3f}x req per CPU-s"
+                + (
+                    f"  (PostgreSQL: {used['postgres'] / seconds:.2f} cores, not in the ratio)"
+                    if measured.engine
+                    else ""
+                ),
                 flush=True,
             )
-    own_total = log_total + drift_total
-    print(
-        f"the loop's own CPU in the first server: {own_total:.1f} of its {cpu_total:.1f} "
-        f"CPU-s ({own_total / cpu_total:.1%}: prediction log {log_total / cpu_total:.1%}, "
-        f"drift process {drift_total / cpu_total:.1%})"
-    )
+    if measured.controller is not None:
+        own = totals["log"] + totals["controller"] + totals["drift"]
+        print(
+            f"the loop's own CPU on the first side: {own:.1f} of its {totals['first']:.1f} "
+            f"CPU-s ({own / totals['first']:.1%}: {loop_shares(totals)})"
+        )
+    if measured.engine is not None:
+        print(
+            f"PostgreSQL, the shared store (outside the ratio): {totals['postgres']:.1f} CPU-s "
+            f"while measured, {totals['postgres'] / totals['first']:.1%} of the first side's"
+        )
     return rates
 
 
-def pin_workers(root: int) -> None:
-    """Pin a serve's workers one per core, in order. Left to the scheduler, where two servers'
-    workers land differs from one server to the other and lasts for the server's life: in runs
-    without this, the same server beat the other by 5-20 % in every round, in either direction
-    from one run to the next. (The drift process, a child of a worker, starts on its core.)"""
+def loop_shares(used: dict[str, float]) -> str:
+    """The loop's parts as shares of the first side's CPU seconds in ``used``."""
+    first = used["first"]
+    return (
+        f"prediction log {used['log'] / first:.1%}, controller {used['controller'] / first:.1%}, "
+        f"drift process {used['drift'] / first:.1%}"
+    )
+
+
+def pin_workers(root: int) -> set[int]:
+    """Pin a serve's workers one per core, in order; the cores they got. Left to the scheduler,
+    where two servers' workers land differs from one server to the other and lasts for the
+    server's life: in runs without this, the same server beat the other by 5-20 % in every
+    round, in either direction from one run to the next."""
     workers = sorted(tree_pids_running(root, b"_bentoml_impl.worker", _proc_stats()))
     cores = sorted(os.sched_getaffinity(0))
     for i, pid in enumerate(workers):
-        for task in Path(f"/proc/{pid}/task").iterdir():  # every thread; new ones inherit
+        pin_process(pid, {cores[i % len(cores)]})
+    return {cores[i % len(cores)] for i in range(len(workers))}
+
+
+def pin_tree(root: int, cores: set[int]) -> None:
+    """Keep every process of ``root``'s tree on ``cores`` (the processes and threads they start
+    later inherit them)."""
+    for pid in tree_pids(root):
+        pin_process(pid, cores)
+
+
+def pin_process(pid: int, cores: set[int]) -> None:
+    """Keep every thread of ``pid`` on ``cores`` (new ones inherit them)."""
+    with suppress(FileNotFoundError):  # it ended
+        for task in Path(f"/proc/{pid}/task").iterdir():
             with suppress(ProcessLookupError):
-                os.sched_setaffinity(int(task.name), {cores[i % len(cores)]})
-
-
-def loop_cpu_seconds(server: Server, root: int) -> tuple[float, float]:
-    """CPU seconds the loop has spent on its own so far: the prediction log's (the gateway
-    counts them) and the drift process's."""
-    base = server.predict.rsplit("/", 1)[0]
-    log = metric_total(base, "gateway_prediction_log_cpu_seconds_total")
-    return log, drift_process_cpu(root)
-
-
-def drift_process_cpu(root: int) -> float:
-    """CPU seconds used so far by the monitor's drift process (``python -m gateway.lowprio``)."""
-    stats = _proc_stats()
-    return sum(stats[pid][1] for pid in tree_pids_running(root, b"gateway.lowprio", stats))
+                os.sched_setaffinity(int(task.name), cores)
 
 
 def tree_pids_running(root: int, command: bytes, stats: dict[int, tuple[int, float]]) -> list[int]:
@@ -832,8 +998,9 @@ def signal_tree(root: int, sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def drift_windows(base: str) -> int:
-    return int(metric_total(base, "gateway_drift_windows_total{"))
+def drift_windows(controller: str) -> int:
+    """Drift windows the controller at ``controller`` has evaluated."""
+    return int(metric_total(controller, "gateway_drift_windows_total{"))
 
 
 def metric_total(base: str, prefix: str) -> float:
@@ -845,8 +1012,9 @@ def metric_total(base: str, prefix: str) -> float:
 
 
 def alert_to_serving(store: str, work: Path, workers: int) -> None:
-    """An Alertmanager alert → retrain on a drifted labelled snapshot → promotion → every answer
-    from the new version; prints the time to promotion (retrain) and from there to serving."""
+    """An Alertmanager alert to the loop controller → retrain on a drifted labelled snapshot →
+    promotion → every answer from the gateway's new version; prints the time to promotion
+    (retrain) and from there to serving."""
     from mlflow import MlflowClient
 
     snapshot = work / "shifted.parquet"
@@ -859,19 +1027,24 @@ def alert_to_serving(store: str, work: Path, workers: int) -> None:
     client = MlflowClient(store, store)
     before = str(client.get_model_version_by_alias("loans", "champion").version)
     server = gateway_server("gateway loop", store, workers, work / "bentoml", [OBJECT])
-    server.env |= {"GATEWAY_ALERT_TOKEN": "bench", "GATEWAY_RETRAIN_DATA": str(snapshot)}
-    print(f"\nalert → serving, {workers} worker(s) …", flush=True)
-    base = server.predict.rsplit("/", 1)[0]
+    controller = controller_service(server, "controller loop")
+    controller.env |= {"GATEWAY_ALERT_TOKEN": "bench", "GATEWAY_RETRAIN_DATA": str(snapshot)}
+    print(f"\nalert → serving, {workers} worker(s) and a controller …", flush=True)
+    control = base_url(controller.ready)
     alert = {
         "groupKey": "bench",
         "alerts": [{"status": "firing", "fingerprint": "bench", "labels": {}}],
     }
-    with running(server, work / "gateway-loop.log"):
+    with (
+        running(server, work / "gateway-loop.log"),
+        running(controller, work / "controller-loop.log"),
+    ):
+        wait_active(control)
         started = time.perf_counter()
         headers = {"authorization": "Bearer bench"}
-        httpx.post(f"{base}/alerts", json=alert, headers=headers, timeout=30).raise_for_status()
+        httpx.post(f"{control}/alerts", json=alert, headers=headers, timeout=30).raise_for_status()
         while str(client.get_model_version_by_alias("loans", "champion").version) == before:
-            ended = httpx.get(f"{base}/retrains", timeout=30).json()["retrains"]
+            ended = httpx.get(f"{control}/retrains", timeout=30).json()["retrains"]
             if any(r["result"] in {"rejected", "failed", "skipped"} for r in ended):
                 sys.exit(f"the retrain did not promote: {ended}")
             if time.perf_counter() - started > 300:
@@ -890,6 +1063,193 @@ def alert_to_serving(store: str, work: Path, workers: int) -> None:
         f"promoted → every answer from the new version (swap): {serving - promoted:.1f} s; "
         f"total {serving - started:.1f} s"
     )
+
+
+SCALEOUT_LOOKUPS = 200  # alias lookups per tracking store
+SCALEOUT_RUNS = 20  # logged-run round trips per tracking store
+SCALEOUT_BULK = 100  # objects per request of the replicas' load
+SCALEOUT_CONNECTIONS = 8  # per replica: 800 objects in flight, under GATEWAY_MAX_QUEUE (2048)
+
+
+def scaleout(store: str, work: Path, seconds: int) -> None:
+    """What the shared services of a deployment of several replicas cost, on a throwaway
+    PostgreSQL cluster on this machine: the tracking store's round trips through ``mlflow
+    server`` (PostgreSQL backend, proxied artifacts) vs the embedded SQLite URI, the same
+    pipeline trained into each; then the prediction log's insert rate into PostgreSQL from two
+    replicas (``store`` is their tracking store), each loaded for ``seconds``."""
+    from tests.services import PSYCOPG, mlflow_server, postgres
+
+    print("\nscale-out: PostgreSQL and mlflow server on this machine", flush=True)
+    scratch = work / "scaleout"
+    (scratch / "artifacts").mkdir(parents=True)
+    with postgres() as pg:
+        pg.create_database("mlflow")
+        backend = pg.url("mlflow", PSYCOPG)
+        with mlflow_server(backend, scratch / "artifacts", scratch) as server:
+            stores = {
+                "mlflow server, PostgreSQL": server,
+                "embedded SQLite": f"sqlite:///{scratch / 'mlflow.db'}",
+            }
+            trips = {}
+            for name, uri in stores.items():
+                train(uri, scratch, "epochs=2")
+                trips[name] = store_round_trips(uri, scratch)
+        report_round_trips(trips)
+        log_inserts(pg.create_database("predictions"), postmaster(pg.data), store, work, seconds)
+
+
+def store_round_trips(uri: str, scratch: Path) -> tuple[list[float], list[float]]:
+    """Milliseconds per call of the tracking store at ``uri``: of ``SCALEOUT_LOOKUPS`` lookups
+    of loans@champion (what a replica or the controller does when it follows the alias), and of
+    ``SCALEOUT_RUNS`` logged runs' round trips (create a run, log 5 params and 5 metrics in one
+    batch as ``trainers`` does, log a small artifact, end it; read the run and the artifact
+    back)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    # The client draws a progress bar per download, and on a server reads each ended run once more
+    # to print its URL: time of the terminal's, not the store's.
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    client = MlflowClient(uri, uri)
+    local = None if uri.startswith("http") else (scratch / f"runs-{time.time_ns()}").as_uri()
+    experiment = client.create_experiment(f"round-trips-{time.time_ns()}", local)
+    artifact = scratch / "application.json"
+    artifact.write_text(json.dumps(OBJECT))
+
+    def lookup() -> None:
+        client.get_model_version_by_alias("loans", "champion")
+
+    def logged_run() -> None:
+        run = client.create_run(experiment).info.run_id
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run,
+            metrics=[Metric(f"metric_{i}", float(i), now, 0) for i in range(5)],
+            params=[Param(f"param_{i}", str(i)) for i in range(5)],
+        )
+        client.log_artifact(run, str(artifact))
+        client.set_terminated(run)
+        client.get_run(run)
+        with tempfile.TemporaryDirectory() as into:
+            client.download_artifacts(run, artifact.name, into)
+
+    return timed(lookup, SCALEOUT_LOOKUPS), timed(logged_run, SCALEOUT_RUNS)
+
+
+def timed(call: Callable[[], None], repeats: int) -> list[float]:
+    """Milliseconds each of ``repeats`` calls of ``call`` took, after a few untimed ones
+    (connections opened, caches filled)."""
+    for _ in range(3):
+        call()
+    took = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        took.append((time.perf_counter() - started) * 1000)
+    return took
+
+
+def median_p95(values: list[float]) -> tuple[float, float]:
+    return statistics.median(values), statistics.quantiles(values, n=20)[-1]
+
+
+def report_round_trips(trips: dict[str, tuple[list[float], list[float]]]) -> None:
+    """The tracking stores' round trips as a table, with the server's ratio to SQLite."""
+    header = (
+        f"{'tracking store (median / p95 ms)':<34}{f'alias lookup (x{SCALEOUT_LOOKUPS})':>24}"
+        f"{f'logged run round trip (x{SCALEOUT_RUNS})':>32}"
+    )
+    print(header)
+    print("-" * len(header))
+    figures = {name: [median_p95(calls) for calls in found] for name, found in trips.items()}
+    for name, ((lookup, lookup95), (run, run95)) in figures.items():
+        print(f"{name:<34}{f'{lookup:.2f} / {lookup95:.2f}':>24}{f'{run:.1f} / {run95:.1f}':>32}")
+    (server, local) = figures.values()
+    ratios = [
+        f"{s[0] / q[0]:.1f}x / {s[1] / q[1]:.1f}x" for s, q in zip(server, local, strict=True)
+    ]
+    print(f"{'server / SQLite':<34}{ratios[0]:>24}{ratios[1]:>32}")
+
+
+def log_inserts(url: str, engine: int, store: str, work: Path, seconds: int) -> None:
+    """Two replicas (``bentoml serve``, one worker each) appending to the prediction log in the
+    PostgreSQL database at ``url`` (served by ``engine``'s tree), each loaded with bulk requests
+    of ``SCALEOUT_BULK`` objects for ``seconds``: objects answered and rows appended per second
+    (``count(*)`` on the log), and samples dropped, which a sustained rate leaves at 0."""
+    import psycopg
+
+    items = in_distribution(5 * SCALEOUT_BULK)
+    bodies: list[dict[str, object]] = [
+        {"applications": items[i : i + SCALEOUT_BULK]} for i in range(0, len(items), SCALEOUT_BULK)
+    ]
+    replicas = [
+        gateway_server(f"replica {n}", store, 1, work / f"bentoml-replica-{n}", []) for n in (1, 2)
+    ]
+    for replica in replicas:
+        replica.env["GATEWAY_STORE_URL"] = url
+
+    def load(replica: Server, seconds: int) -> tuple[float, float, float, int]:
+        return wrk(replica.bulk_path, bodies, seconds, SCALEOUT_CONNECTIONS)
+
+    print(
+        f"\nprediction log into PostgreSQL from {len(replicas)} replicas (1 worker each), "
+        f"{SCALEOUT_CONNECTIONS} connections x {SCALEOUT_BULK} objects each, {seconds} s",
+        flush=True,
+    )
+    with ExitStack() as stack, ThreadPoolExecutor(len(replicas)) as pool:
+        for replica in replicas:
+            stack.enter_context(running(replica, work / f"{replica.name.replace(' ', '-')}.log"))
+        list(pool.map(load, replicas, [3] * len(replicas)))  # warm-up
+        conn = stack.enter_context(psycopg.connect(url, autocommit=True))
+        before, cpu, started = drained(conn), tree_cpu_seconds(engine), time.perf_counter()
+        runs = list(pool.map(load, replicas, [seconds] * len(replicas)))
+        took, cpu = time.perf_counter() - started, tree_cpu_seconds(engine) - cpu
+        after = logged(conn)
+        written = drained(conn)
+        dropped = [
+            metric_total(base_url(r.predict), "gateway_monitor_samples_dropped_total")
+            for r in replicas
+        ]
+    header = (
+        f"{'replica':<14}{'objects/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'dropped':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for replica, (ok, p50, p99, errors), lost in zip(replicas, runs, dropped, strict=True):
+        print(
+            f"{replica.name:<14}{ok * SCALEOUT_BULK:>11.0f}{p50:>9.1f}{p99:>9.1f}{errors:>8}"
+            f"{lost:>9.0f}"
+        )
+    answered = sum(ok for ok, *_ in runs) * SCALEOUT_BULK
+    errors = sum(run[3] for run in runs)
+    print(f"{'both':<14}{answered:>11.0f}{'':>18}{errors:>8}{sum(dropped):>9.0f}")
+    print(
+        f"rows appended: {(after - before) / took:.0f}/s (count(*) on predictions), "
+        f"{written - after} still to write when the load stopped; PostgreSQL used "
+        f"{cpu / took:.2f} cores"
+    )
+    print("sustained: no sample dropped" if sum(dropped) == 0 else "NOT sustained: samples dropped")
+
+
+def logged(conn: psycopg.Connection[Any]) -> int:
+    """Rows in the prediction log."""
+    row = conn.execute("SELECT count(*) FROM predictions").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def drained(conn: psycopg.Connection[Any], timeout_s: float = 60) -> int:
+    """Rows in the prediction log once the replicas have written what they hold (the count
+    stays put for longer than a writer's flush interval)."""
+    deadline = time.perf_counter() + timeout_s
+    count = logged(conn)
+    while time.perf_counter() < deadline:
+        time.sleep(0.5)
+        count, last = logged(conn), count
+        if count == last:
+            return count
+    raise RuntimeError(f"the prediction log still grows after {timeout_s} s without load")
 
 
 def report(results: list[Result], connections: int, seconds: int) -> None:
