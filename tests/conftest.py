@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import MLFLOW_GLOBALS, cli
 from tests.services import PSYCOPG, Postgres, mlflow_server, postgres
 from trainers import pipelines
 from trainers.snapshots import write_snapshot
@@ -43,6 +43,14 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_globals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's set_tracking_uri / set_registry_uri export the URIs to the environment, where
+    the next test's settings would read them as the user's: each test starts without them."""
+    for name in MLFLOW_GLOBALS:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -138,10 +138,12 @@ def run_controller(
     name: str = "controller",
     prefix: Sequence[str] = (),
     host: str = "127.0.0.1",
+    active: bool = True,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A real ``gateway-controller`` on the tracking store ``store`` with the gateway
     ``settings`` (names without the ``GATEWAY_`` prefix), run under ``prefix`` (e.g. ``ip netns
-    exec NS``); yields its base URL and process once it has loaded the champion."""
+    exec NS``); yields its base URL and process once it has loaded the champion (and, with
+    ``active``, holds the lease)."""
     port = free_port()
     env = {
         "GATEWAY_TRACKING_URI": store,
@@ -153,7 +155,14 @@ def run_controller(
     with process(args, cwd=REPO, env=env, log=logs / f"{name}.log") as proc:
         base = f"http://{host}:{port}"
         wait_until(http_ok(f"{base}/ready"), 120, name, proc)
+        if active:
+            wait_until(lambda: leading(base), 60, f"{name} to take the lease", proc)
         yield base, proc
+
+
+def leading(controller: str) -> bool:
+    """Whether the controller at ``controller`` holds the lease."""
+    return bool(httpx.get(f"{controller}/ready", timeout=5).json()["active"])
 
 
 def metric_samples(text: str, name: str) -> dict[str, float]:

@@ -28,6 +28,10 @@ def connect(uri: str) -> MlflowClient:
     registry = registry_uri(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry)
+    if registry == uri:
+        # MLflow exports the registry URI to the environment: unset, a later connect in this
+        # process (to another store) would take it for one the user chose.
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
     return MlflowClient(tracking_uri=uri, registry_uri=registry)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import REPO, VENV_BIN, free_port, http_ok, process, wait_until
+from tests.helpers import MLFLOW_GLOBALS, REPO, VENV_BIN, free_port, http_ok, process, wait_until
 
 
 def documented_request() -> tuple[str, dict[str, object]]:
@@ -37,7 +37,7 @@ def test_make_serve_on_a_fresh_clone(tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "MLFLOW_TRACKING_URI"}}
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", *MLFLOW_GLOBALS}}
     env["GATEWAY_DATA_PORT"] = str(free_port())
     env["GATEWAY_GRPC_PORT"] = str(free_port())
     env["GATEWAY_CONTROLLER_PORT"] = controller = str(free_port())

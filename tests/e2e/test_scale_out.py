@@ -85,7 +85,9 @@ def test_two_replicas_two_controllers_one_loop(
         for n in (1, 2):
             settings = {**loop, "state_dir": str(tmp_path / f"controller-{n}")}
             base, proc = stack.enter_context(
-                run_controller(tracking, tmp_path, settings=settings, name=f"controller-{n}")
+                run_controller(
+                    tracking, tmp_path, settings=settings, name=f"controller-{n}", active=False
+                )
             )
             controllers.append(base)
             processes.append(proc)
