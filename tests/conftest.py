@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.helpers import MLFLOW_GLOBALS, cli
+from tests.helpers import cli, forget_mlflow_globals
 from tests.services import PSYCOPG, Postgres, mlflow_server, postgres
 from trainers import pipelines
 from trainers.snapshots import write_snapshot
@@ -46,11 +46,10 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture(autouse=True)
-def no_mlflow_globals(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_mlflow_globals() -> None:
     """MLflow's set_tracking_uri / set_registry_uri export the URIs to the environment, where
     the next test's settings would read them as the user's: each test starts without them."""
-    for name in MLFLOW_GLOBALS:
-        monkeypatch.delenv(name, raising=False)
+    forget_mlflow_globals()
 
 
 @pytest.fixture(scope="session")

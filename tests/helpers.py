@@ -91,8 +91,16 @@ def process(
                 proc.wait()
 
 
+def forget_mlflow_globals() -> None:
+    """Drop what MLflow's set_tracking_uri / set_registry_uri exported to this process's
+    environment: a new process of a user's would not have them."""
+    for name in MLFLOW_GLOBALS:
+        os.environ.pop(name, None)
+
+
 def cli(uri: str, *args: str) -> Result:
-    """Run ``trainers`` in-process against the store at ``uri``."""
+    """Run ``trainers`` in-process against the store at ``uri``, as a new process would."""
+    forget_mlflow_globals()
     return CliRunner().invoke(main, ["--tracking-uri", uri, *args], catch_exceptions=False)
 
 
