@@ -1,7 +1,7 @@
 """The native gRPC front: ``gateway-grpc`` (``grpcfront/main.go``) carries gRPC for a worker.
 
 Python's gRPC server costs more CPU per call than the gateway's whole business-JSON request,
-model included (see the README's protocol figures). So where ``make`` has built
+model included (see the protocol figures in docs/performance.md). So where ``make`` has built
 ``gateway-grpc`` into the environment, each worker starts one as its child: it terminates
 HTTP/2 on the shared gRPC port (``SO_REUSEPORT``) and passes every call, still serialized, over
 a Unix socket (:mod:`gateway.oip.frames`) to this module, which answers it with the same

@@ -93,7 +93,7 @@ def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
 
 
 def test_rules_and_dashboard_read_only_exported_metrics() -> None:
-    """Every ``gateway_*`` name is in the README's metric tables (which the serving tests hold
+    """Every ``gateway_*`` name is in the docs' metric tables (which the serving tests hold
     to what ``/metrics`` exports)."""
     tables = ("### Metrics", "### Loop metrics")
     documented = {name for table in tables for name in documented_metrics(table)}

@@ -275,8 +275,8 @@ def test_model_live_ready_and_every_documented_metric(gateway: tuple[str, str]) 
 
 
 def documented_metrics(heading: str) -> list[str]:
-    """The metric names in the README's table under ``heading``."""
-    readme = (REPO / "README.md").read_text()
+    """The metric names in the docs' table under ``heading``."""
+    readme = "\n".join(p.read_text() for p in sorted((REPO / "docs").glob("*.md")))
     section = readme.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
     return re.findall(r"^\| `(gateway_[a-z_]+)`", section, re.M)
 
