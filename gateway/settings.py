@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from trainers.sqlstore import embedded_url
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -170,11 +172,13 @@ class GatewaySettings(BaseSettings):
     @property
     def registry_uri(self) -> str:
         """``$MLFLOW_REGISTRY_URI`` when set, else the tracking URI."""
-        return os.environ.get("MLFLOW_REGISTRY_URI") or self.tracking_uri
+        from trainers.tracking import registry_uri  # MLflow: only where a store is used
+
+        return registry_uri(self.tracking_uri)
 
     @property
     def shared_store(self) -> str:
-        return self.store_url or f"sqlite:///{(self.state_dir / 'predictions.db').resolve()}"
+        return self.store_url or embedded_url(self.state_dir)
 
     def mlflow(self) -> MlflowClient:
         """An explicit client for the tracking and registry stores."""

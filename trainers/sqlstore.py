@@ -55,6 +55,11 @@ def dialect_of(url: str) -> Dialect:
     )
 
 
+def embedded_url(state_dir: Path) -> str:
+    """The embedded store of a state directory: ``predictions.db`` in it."""
+    return f"sqlite:///{(state_dir / 'predictions.db').resolve()}"
+
+
 def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.errors import RegistryError
-from trainers.sqlstore import Database, StoreError
+from trainers.sqlstore import Database, StoreError, embedded_url
 
 DEFAULT_STATE_DIR = Path("gateway-state")
 
@@ -21,8 +21,7 @@ def default_store_url() -> str:
     explicit = os.environ.get("GATEWAY_STORE_URL")
     if explicit:
         return explicit
-    state = Path(os.environ.get("GATEWAY_STATE_DIR", DEFAULT_STATE_DIR))
-    return f"sqlite:///{(state / 'predictions.db').resolve()}"
+    return embedded_url(Path(os.environ.get("GATEWAY_STATE_DIR", DEFAULT_STATE_DIR)))
 
 
 def is_request_id(ref: str) -> bool:
