@@ -2,10 +2,14 @@
 //
 // It terminates HTTP/2 and gRPC on the shared gRPC port (SO_REUSEPORT, one per worker, like
 // the worker's HTTP data plane) and hands every call, unparsed, to its worker over a Unix
-// socket: the method name and the request's protobuf bytes go in, a status and the response's
+// socket: the method's path and the request's protobuf bytes go in, a status and the response's
 // bytes come back. Everything the protocol means (parsing, tensors, validation, the batcher,
 // error mapping) stays in the worker's Python code; this program only moves bytes. Calls that
 // arrive while the worker is busy leave in one write, so the worker reads many per wake-up.
+//
+// The calls handed on are the inference service's and the health check
+// (grpc.health.v1.Health/Check), so the worker decides health as it decides ServerReady. Watch,
+// a stream, is not carried: it is Unimplemented, which the health protocol lets a server say.
 //
 // The frames on the socket are laid out in gateway/oip/frames.py.
 package main
@@ -37,7 +41,11 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-const service = "/inference.GRPCInferenceService/"
+const (
+	service     = "/inference.GRPCInferenceService/"
+	healthCheck = "/grpc.health.v1.Health/Check"
+	healthWatch = "/grpc.health.v1.Health/Watch"
+)
 
 // message is a protobuf message left as bytes: the worker parses and writes them.
 type message struct{ data []byte }
@@ -172,17 +180,20 @@ func (w *worker) call(ctx context.Context, method string, request []byte) (reply
 	}
 }
 
-// handle serves every unary method of the service by asking the worker.
+// handle serves every unary method of the service, and the health check, by asking the worker.
 func (w *worker) handle(_ interface{}, stream grpc.ServerStream) error {
 	full, ok := grpc.MethodFromServerStream(stream)
-	if !ok || !strings.HasPrefix(full, service) || len(full)-len(service) > 255 {
+	if full == healthWatch {
+		return status.Error(codes.Unimplemented, "health Watch is not served here: call Check")
+	}
+	if !ok || !(strings.HasPrefix(full, service) || full == healthCheck) || len(full) > 255 {
 		return status.Errorf(codes.Unimplemented, "unknown method %s", full)
 	}
 	var request message
 	if err := stream.RecvMsg(&request); err != nil {
 		return err
 	}
-	r, err := w.call(stream.Context(), full[len(service):], request.data)
+	r, err := w.call(stream.Context(), full, request.data)
 	if err != nil {
 		return err
 	}

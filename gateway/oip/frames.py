@@ -1,7 +1,8 @@
 """The frames between a worker and its ``gateway-grpc`` front, on a Unix socket (big-endian;
 ``length`` counts the bytes after it):
 
-* a call, to the worker: ``u32 length | u64 id | u8 method length | method | request``
+* a call, to the worker: ``u32 length | u64 id | u8 method length | method | request``, the
+  method by its path (``/inference.GRPCInferenceService/ModelInfer``)
 * its answer, from the worker: ``u32 length | u64 id | u8 status code | u32 details length |
   u32 metadata length | details | metadata | response``, metadata being ``key\\0value\\0``
   pairs: the headers sent before a refusal, such as ``retry-after``.

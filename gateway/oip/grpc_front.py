@@ -8,8 +8,10 @@ a Unix socket (:mod:`gateway.oip.frames`) to this module, which answers it with 
 :class:`Servicer` as the Python server: parsing, tensors, validation, batching and status codes
 are the worker's. Calls that arrive together come in one read, and their answers leave in one
 write; the ``ModelInfer`` calls of a read are answered together, their objects going to the
-batcher in one submission (:meth:`Servicer.infer_together`). The front exits when its worker
-closes the link or dies; a front that exits on its own is started again.
+batcher in one submission (:meth:`Servicer.infer_together`). The health check
+(``grpc.health.v1.Health/Check``) comes over the link too, so both servers answer it alike. The
+front exits when its worker closes the link or dies; a front that exits on its own is started
+again.
 """
 
 from __future__ import annotations
@@ -21,22 +23,34 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2  # type: ignore[import-untyped]
 
 from gateway.oip import frames
 from gateway.oip import grpc_predict_v2_pb2 as pb
-from gateway.oip.grpc_server import REQUESTS, GrpcServer, Refused, Servicer, serialized
+from gateway.oip.grpc_server import (
+    HEALTH_CHECK,
+    INFER,
+    REQUESTS,
+    SERVICE,
+    GrpcServer,
+    Health,
+    Refused,
+    Servicer,
+    serialized,
+)
 from gateway.oip.service import Oip
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 PROGRAM = "gateway-grpc"
 RESTART_S = 1.0
+Unary = tuple[Any, Callable[[Any, Any], Awaitable[Any]]]  # the request's message, the answer
 
 
 def program() -> str | None:
@@ -45,6 +59,13 @@ def program() -> str | None:
     ``PATH``; None when it was not built."""
     places = [str(Path(__file__).parent), str(Path(sys.executable).parent)]
     return shutil.which(PROGRAM, path=os.pathsep.join([*places, os.environ.get("PATH", "")]))
+
+
+def unary_methods(servicer: Servicer, health: Health) -> dict[str, Unary]:
+    """What a front passes on, by method path: each method's request message and answer."""
+    methods = {SERVICE + name: (kind, getattr(servicer, name)) for name, kind in REQUESTS.items()}
+    methods[HEALTH_CHECK] = (health_pb2.HealthCheckRequest, health.Check)
+    return methods
 
 
 class CallContext:
@@ -63,8 +84,9 @@ class CallContext:
 class Link(asyncio.Protocol):
     """A front's connection: calls in, answers out (written once per event-loop turn)."""
 
-    def __init__(self, servicer: Servicer) -> None:
+    def __init__(self, servicer: Servicer, methods: dict[str, Unary]) -> None:
         self.servicer = servicer
+        self.methods = methods
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.outgoing: list[bytes] = []
@@ -79,10 +101,10 @@ class Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         calls = frames.calls(self.buffer)
-        infers = [(call, request) for call, method, request in calls if method == "ModelInfer"]
+        infers = [(call, request) for call, method, request in calls if method == INFER]
         if infers:  # answered together: one task, one submission to the batcher
             self.start(self.answer_together(infers))
-            calls = [c for c in calls if c[1] != "ModelInfer"]
+            calls = [c for c in calls if c[1] != INFER]
         for call, method, request in calls:
             self.start(self.answer(call, method, request))
 
@@ -113,16 +135,17 @@ class Link(asyncio.Protocol):
                 self.send(call, grpc.StatusCode.OK, "", (), outcome)
 
     async def answer(self, call: int, method: str, request: bytes) -> None:
-        kind = REQUESTS.get(method)
-        if kind is None:
+        found = self.methods.get(method)
+        if found is None:
             self.send(call, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}")
             return
+        kind, respond = found
         message = self.parse(call, kind, request)
         if message is None:
             return
         context = CallContext()
         try:
-            response = await getattr(self.servicer, method)(message, context)
+            response = await respond(message, context)
         except Refused as refused:
             self.send(call, refused.code, refused.details, context.header)
         except Exception:
@@ -163,6 +186,7 @@ class GrpcFront:
 
     def __init__(self, oip: Oip, host: str, port: int, max_message_bytes: int, exe: str) -> None:
         self.servicer = Servicer(oip)
+        self.methods = unary_methods(self.servicer, Health(oip))
         self.exe = exe
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
@@ -174,7 +198,9 @@ class GrpcFront:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_unix_server(lambda: Link(self.servicer), self.socket)
+        self.server = await loop.create_unix_server(
+            lambda: Link(self.servicer, self.methods), self.socket
+        )
         try:
             process = await self._launch()
         except BaseException:

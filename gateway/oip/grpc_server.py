@@ -6,17 +6,22 @@ BentoML 1.4 serves new-style services over HTTP only, so the gRPC server is the 
 plane, so the workers share one port (the kernel spreads connections across them) and each feeds
 its own batcher. A gRPC client keeps one connection, so one client talks to one worker; open a
 channel per worker's worth of load to spread it.
+
+Beside it, ``grpc.health.v1.Health`` (:class:`Health`): what Kubernetes' gRPC probes and
+``grpc_health_probe`` call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from gateway.batching import Overloaded
 from gateway.core import GatewayCore
@@ -34,6 +39,8 @@ REQUESTS = {  # each method's request message
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
 }
 INFER = SERVICE + "ModelInfer"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+WATCH_POLL_S = 1.0
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -211,6 +218,45 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
+class Health:
+    """``grpc.health.v1.Health`` for the worker. The server (service ``""``, what a Kubernetes
+    probe asks about) and ``inference.GRPCInferenceService`` are SERVING once the worker's core
+    is ready, as ``ServerReady`` says, and NOT_SERVING before; any other service is NOT_FOUND,
+    as the health protocol asks. Both gRPC servers answer ``Check`` with this class; ``Watch``
+    is grpc.aio's only (the native front carries unary calls)."""
+
+    SERVICES = ("", SERVICE_NAME)
+
+    def __init__(self, oip: Oip) -> None:
+        self.oip = oip
+
+    def status(self, service: str) -> Any:
+        if service not in self.SERVICES:
+            return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        if self.oip.ready():
+            return health_pb2.HealthCheckResponse.SERVING
+        return health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        status = self.status(request.service)
+        if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+            known = " and ".join(repr(s) for s in self.SERVICES)
+            details = f"service {request.service!r} is not served here; the services are {known}"
+            await context.abort(grpc.StatusCode.NOT_FOUND, details)
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        """The status now, then each change, polled (readiness is a flag, not an event); an
+        unknown service is SERVICE_UNKNOWN on an open stream, as the protocol asks."""
+        sent = None
+        while True:
+            status = self.status(request.service)
+            if status != sent:
+                yield health_pb2.HealthCheckResponse(status=status)
+                sent = status
+            await asyncio.sleep(WATCH_POLL_S)
+
+
 def _inputs(request: Any) -> list[Tensor]:
     # Slicing a protobuf repeated field copies it into a list in one call (faster than list()).
     raw, inputs = request.raw_input_contents[:], request.inputs[:]
@@ -277,7 +323,8 @@ def serialized(reply: Any) -> bytes:
 
 
 class GrpcServer:
-    """``inference.GRPCInferenceService`` on ``host:port`` from the running event loop."""
+    """``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` on ``host:port`` from
+    the running event loop."""
 
     def __init__(self, oip: Oip, host: str, port: int, max_message_bytes: int) -> None:
         options = [
@@ -297,6 +344,7 @@ class GrpcServer:
         }
         generic = grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
         self.server.add_generic_rpc_handlers((generic,))
+        health_pb2_grpc.add_HealthServicer_to_server(Health(oip), self.server)
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def start(self) -> None:

@@ -23,6 +23,8 @@ from tests.helpers import VENV_BIN, free_port, wait_until
 
 FRONT = VENV_BIN / "gateway-grpc"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
+LIVE = "/inference.GRPCInferenceService/ServerLive"
+HEALTH = "/grpc.health.v1.Health/"
 Answer = tuple[int, str, list[tuple[str, str]], bytes]  # code, details, header, body
 
 
@@ -93,14 +95,14 @@ def test_calls_reach_the_worker_as_sent_and_answers_come_back(
 ) -> None:
     with running(*worker_socket, echo) as (worker, _, channel):
         infer = channel.unary_unary(INFER)
-        assert infer(b"abc", timeout=10) == b"ModelInfer:cba"
-        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
-        assert live(b"", timeout=10) == b"ServerLive:"
+        assert infer(b"abc", timeout=10) == INFER.encode() + b":cba"
+        live = channel.unary_unary(LIVE)
+        assert live(b"", timeout=10) == LIVE.encode() + b":"
         bodies = [f"call {i}".encode() * (i + 1) for i in range(200)]
         with ThreadPoolExecutor(32) as pool:  # concurrent calls, each gets its own answer
             answers = list(pool.map(lambda body: infer(body, timeout=10), bodies))
-        assert answers == [b"ModelInfer:" + body[::-1] for body in bodies]
-        assert ("ModelInfer", b"abc") in worker.seen
+        assert answers == [INFER.encode() + b":" + body[::-1] for body in bodies]
+        assert (INFER, b"abc") in worker.seen
 
 
 def test_refusals_keep_their_code_details_and_headers(
@@ -131,6 +133,21 @@ def test_methods_of_other_services_are_unimplemented(
             channel.unary_unary("/other.Service/Method")(b"x", timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert worker.seen == []
+
+
+def test_the_health_check_reaches_the_worker_and_watch_is_unimplemented(
+    worker_socket: tuple[socket.socket, Path],
+) -> None:
+    """The worker decides health: Check is carried like an inference call; Watch, a stream, is
+    refused by the front itself."""
+    with running(*worker_socket, echo) as (worker, _, channel):
+        check = channel.unary_unary(HEALTH + "Check")
+        assert check(b"probe", timeout=10) == (HEALTH + "Check:eborp").encode()
+        with pytest.raises(grpc.RpcError) as caught:
+            next(iter(channel.unary_stream(HEALTH + "Watch")(b"", timeout=10)))
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "call Check" in caught.value.details()
+        assert worker.seen == [(HEALTH + "Check", b"probe")]
 
 
 def test_the_front_ends_when_its_worker_closes_the_link(
