@@ -3,12 +3,13 @@ interface serving calls."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -17,6 +18,7 @@ from gateway.batching import check_outputs
 from gateway.errors import ModelUnavailable
 from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
+from trainers.lineage import sha256_tree
 from trainers.sqlstore import redact
 
 ARTIFACT_HASHES = "lineage/artifact_sha256.json"
@@ -27,14 +29,6 @@ REGISTRY_BOOKKEEPING = frozenset({"registered_model_meta"})
 
 class IntegrityError(ModelUnavailable):
     """A model's files do not match the sha256 values its run recorded."""
-
-
-def sha256_tree(directory: Path) -> dict[str, str]:
-    return {
-        p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 def verify(directory: Path, recorded: dict[str, str], what: str) -> None:
@@ -96,7 +90,7 @@ def load_local(fetched: Fetched) -> LoadedModel:
     verify(fetched.model_dir, fetched.recorded, f"{fetched.name} v{fetched.version}")
     # The files were just checked against their recorded hashes; MLflow's comparison of the
     # training environment's requirements with this one costs ~1.5 s and is skipped.
-    model = mlflow.pyfunc.load_model(str(fetched.model_dir), suppress_warnings=True)
+    model = _load_pyfunc(fetched.model_dir)
     inner = model.unwrap_python_model()
     pipeline = inner.pipeline
     # Warm-up: first-call allocations happen here, not on a request.
@@ -112,6 +106,17 @@ def load_local(fetched: Fetched) -> LoadedModel:
         predictor=inner.predictor,
         pipeline=pipeline,
     )
+
+
+def _load_pyfunc(model_dir: Path) -> Any:
+    """The pyfunc model in ``model_dir``. The model carries its own copy of ``trainers``, which
+    MLflow puts first on ``sys.path``; the gateway already runs the installed one, and the copy
+    sits in a directory deleted after loading, so the path is put back as it was."""
+    path = list(sys.path)
+    try:
+        return mlflow.pyfunc.load_model(str(model_dir), suppress_warnings=True)
+    finally:
+        sys.path[:] = path
 
 
 def load(settings: GatewaySettings, version: str | None = None) -> LoadedModel:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -190,3 +191,19 @@ def in_process_settings(store: str, **overrides: Any) -> GatewaySettings:
     return GatewaySettings(
         tracking_uri=store, data_port=0, grpc_port=0, poll_interval_s=0, **overrides
     )
+
+
+def clean_venv(
+    path: Path, requirements: Path, pip_args: Sequence[str] = (), log: Path | None = None
+) -> Path:
+    """A new virtualenv at ``path`` with only ``requirements`` installed (``pip install -r``,
+    then ``pip_args``); returns its ``bin``. Nothing of this checkout is installed into it."""
+    base = getattr(sys, "_base_executable", sys.executable)  # the interpreter behind .venv
+    subprocess.run([base, "-m", "venv", str(path)], check=True)
+    bin_dir = path / "bin"
+    args = [str(bin_dir / "pip"), "install", "--quiet", "-r", str(requirements), *pip_args]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if log is not None:
+        log.write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return bin_dir

@@ -90,11 +90,12 @@ def environment() -> dict[str, Any]:
 
 
 def sha256_tree(directory: Path) -> dict[str, str]:
-    """``relative path → sha256`` for every file under ``directory``."""
+    """``relative path → sha256`` for every file under ``directory``, bytecode caches left out:
+    Python writes them beside a model's code whenever it is imported, from the code hashed."""
     return {
         p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(directory.rglob("*"))
-        if p.is_file()
+        if p.is_file() and "__pycache__" not in p.relative_to(directory).parts
     }
 
 

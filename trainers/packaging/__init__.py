@@ -1,8 +1,12 @@
 """The inference pipeline as an MLflow model *from code*: weights as safetensors, preprocessor
 state as JSON, and :mod:`trainers.packaging.model_code` naming the class that loads them.
 
-``mlflow.pyfunc.load_model`` and ``mlflow models serve`` both run :class:`PipelineModel`; the
-gateway reaches the typed predictor underneath through :func:`unwrap`.
+The model is self-contained: the ``trainers`` package travels inside it (``code_paths``; MLflow
+puts it on ``sys.path`` when it loads the model) and its ``requirements.txt`` names every package
+that code imports, so any MLflow runtime (``mlflow models serve``, MLServer, KServe) loads it with
+nothing of this project installed. ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` both
+run :class:`PipelineModel`; the gateway reaches the typed predictor underneath through
+:func:`unwrap`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from trainers.contract import Pipeline, Predictor, input_columns
 from trainers.torchfit import serving_device
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
+PACKAGE = Path(__file__).parents[1]  # trainers/: what loading the model imports
 PREDICTOR_ARTIFACT = "predictor"
 
 
@@ -97,12 +102,18 @@ def log_pipeline_model(
         model_config={"pipeline": pipeline.name},
         signature=signature(pipeline),
         input_example=example,
-        pip_requirements=_requirements(),
+        pip_requirements=requirements(),
+        code_paths=[str(PACKAGE)],
     )
 
 
-def _requirements() -> list[str]:
+# What loading the model imports (trainers.packaging, the pipelines, contract, torchfit, metrics),
+# pinned to the versions it was trained with; pyarrow reads the input example.
+RUNTIME = ("mlflow", "torch", "pandas", "numpy", "pydantic", "safetensors", "pyarrow")
+
+
+def requirements() -> list[str]:
     from importlib.metadata import version
 
-    names = ["torch", "mlflow", "pandas", "numpy", "pydantic", "safetensors", "pyarrow"]
-    return [f"{n}=={version(n)}" for n in names]
+    # A local label (torch's ``+cpu``) names a build, not a release: any build of it will do.
+    return [f"{name}=={version(name).split('+')[0]}" for name in RUNTIME]
