@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # BentoML's usage analytics would try to reach the internet from every server start.
 export BENTOML_DO_NOT_TRACK = true
 
-.PHONY: install serve test lint bento bench tools proto grpc-front grpc-load
+.PHONY: install serve test lint bento bench tools proto grpc-front grpc-load k8s
 
 # torch first, pinned: the CPU wheel on local disk; an open range would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -54,14 +54,15 @@ serve: install
 		$(BIN)/bentoml serve --port $(PORT)
 
 # A self-contained bento: the champion imported into the BentoML model store and built in, with
-# gateway-grpc beside the module that starts it (where it was built).
+# gateway-grpc beside the module that starts it (where it was built). DEVICE=cuda: CUDA torch.
 BUNDLED_FRONT := gateway/oip/gateway-grpc
+DEVICE ?= cpu
 bento: install
 	$(MAKE) -o $(STAMP) grpc-front || echo "gateway-grpc was not built: the bento serves gRPC from Python's grpc.aio"
 	$(BIN)/trainers train $(PIPELINE) --unless-champion
 	GATEWAY_PIPELINE=$(PIPELINE) $(BIN)/python -m gateway.bundle --out bentos/bundle.json
 	if test -x $(FRONT); then cp $(FRONT) $(BUNDLED_FRONT); fi
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml build; status=$$?; \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bentos.build --device $(DEVICE); status=$$?; \
 		rm -f bentos/bundle.json $(BUNDLED_FRONT); exit $$status
 
 # Not part of `make test`: throughput and latency against mlflow models serve and plain BentoML.
@@ -73,6 +74,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The PrometheusRule in deploy/k8s, made from deploy/rules/gateway.yml; a test fails while it is stale.
+k8s: install
+	$(BIN)/python deploy/k8s/generate.py
 
 # What the tests start for real (Debian): Prometheus, promtool, Alertmanager; PostgreSQL (the
 # shared store and the tracking server's backend); iproute2 (network namespaces as test hosts).

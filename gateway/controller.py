@@ -55,9 +55,12 @@ Loader = Callable[[GatewaySettings, str | None], LoadedModel]
 
 
 def _load(settings: GatewaySettings, version: str | None) -> LoadedModel:
-    from gateway.loader import load  # MLflow and torch: loaded in the process that serves
+    from gateway.bundle import load_or_bundled  # MLflow and torch: in the process that serves
+    from gateway.loader import load
 
-    return load(settings, version)
+    if version is not None:
+        return load(settings, version)
+    return load_or_bundled(settings, load)
 
 
 class Controller:

@@ -33,7 +33,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STAGES = ("validate", "preprocess", "model", "postprocess")
 FALLBACK_REASONS = ("unreachable", "version", "error", "unsupported")
-MONITOR_STAGES = ("log", "drift", "quality", "report")
+MONITOR_STAGES = ("log", "drift", "quality", "report", "mlflow")
 RETRAIN_RESULTS = ("promoted", "rejected", "failed", "skipped")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -26,6 +27,9 @@ class LoadedModel:
     predictor: Any
     pipeline: Any
     """The pipeline recipe (target, metric, evaluate, features) for monitoring."""
+    reference: Path | None = None
+    """The drift reference sample, where it came with the model (a bundled one); else the
+    monitor reads it from the version's MLflow run."""
     loaded_at: float = field(default_factory=time.time)
 
     def info(self) -> dict[str, Any]:

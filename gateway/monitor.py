@@ -168,7 +168,8 @@ class DriftMonitor:
             await self.alert(alert_id, "monitor", detail)
 
     def _reference(self, model: LoadedModel) -> pd.DataFrame:
-
+        if model.reference is not None:
+            return self._drift_frame(model, pd.read_parquet(model.reference))
         client = self.settings.mlflow()
         with tempfile.TemporaryDirectory(prefix="gateway-reference-") as tmp:
             path = client.download_artifacts(model.run_id, drift.REFERENCE_SAMPLE, tmp)
@@ -215,20 +216,22 @@ class DriftMonitor:
             (self.reports / f"{name}.json").write_text(json.dumps(summary, indent=1))
             if html is not None:
                 shutil.copyfile(html, self.reports / "latest.html")
-                self._log_to_mlflow(model, html, result.detected or watched.windows == 1)
             (self.reports / "latest.json").write_text(json.dumps(summary, indent=1))
         except Exception:
             log.exception("could not keep the drift report %s", html)
             m.safely(lambda: m.monitor_errors.labels("report").inc())
+        if html is not None and (result.detected or watched.windows == 1):
+            self._log_to_mlflow(model, html)
 
-    def _log_to_mlflow(self, model: LoadedModel, html: Path, keep: bool) -> None:
+    def _log_to_mlflow(self, model: LoadedModel, html: Path) -> None:
         """Log the report into the served model's run (the first window and every drifted one,
-        so the run does not collect thousands of clean reports)."""
-        if not keep:
-            return
-
-        client = self.settings.mlflow()
-        client.log_artifact(model.run_id, str(html), "drift/reports")
+        so the run does not collect thousands of clean reports); a tracking store out of reach
+        (a bento serving its bundled model) costs only this copy of the report."""
+        try:
+            self.settings.mlflow().log_artifact(model.run_id, str(html), "drift/reports")
+        except Exception as exc:
+            log.warning("drift report %s not logged to MLflow: %s", html.name, exc)
+            self.metrics.safely(lambda: self.metrics.monitor_errors.labels("mlflow").inc())
 
     # -- live quality -------------------------------------------------------------------------
     def _quality(self, model: LoadedModel) -> None:

@@ -9,9 +9,12 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 
 from trainers import pipelines
+
+NUMPY = {"FP32": np.float32, "INT64": np.int64, "BOOL": np.bool_}
 
 
 def objects(rows: int, shift: float, seed: int) -> tuple[list[dict[str, Any]], list[int]]:
@@ -19,6 +22,25 @@ def objects(rows: int, shift: float, seed: int) -> tuple[list[dict[str, Any]], l
     labels = frame.pop("defaulted").astype(int).tolist()
     records = [{str(k): v for k, v in r.items() if pd.notna(v)} for r in frame.to_dict("records")]
     return records, labels
+
+
+def columns(
+    metadata: list[dict[str, Any]], items: list[dict[str, Any]]
+) -> list[tuple[str, str, np.ndarray[Any, Any]]]:
+    """One ``(name, datatype, array)`` per input tensor; an optional field that is empty in
+    every object is left out, a missing number is NaN."""
+    out = []
+    for tensor in metadata:
+        name, datatype = tensor["name"], tensor["datatype"]
+        values = [item.get(name) for item in items]
+        if all(v is None for v in values):
+            continue
+        if datatype == "BYTES":
+            array = np.array([str(v).encode() for v in values], dtype=np.object_)
+        else:
+            array = np.array([np.nan if v is None else v for v in values], dtype=NUMPY[datatype])
+        out.append((name, datatype, array.reshape(-1, 1)))
+    return out
 
 
 class SteadyClient(threading.Thread):

@@ -27,16 +27,17 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from tests.conftest import FAST_LOANS, TINY_REVIEWS, train_ok
 from tests.helpers import REPO, VENV_BIN, free_port, metric_samples, serve_gateway, wait_until
 from tests.integration.test_serving import APPLICATION
+from tests.traffic import columns
 from trainers import pipelines
 
 SERVICE = "/inference.GRPCInferenceService/"
-NUMPY = {"FP32": np.float32, "INT64": np.int64, "BOOL": np.bool_}
 
 
 @dataclass
@@ -95,25 +96,6 @@ def business(served: Served, items: list[dict[str, Any]]) -> list[dict[str, Any]
     answer = httpx.post(f"{served.data}/predict/bulk", json={key: items}, timeout=30)
     assert answer.status_code == 200, answer.text
     return list(answer.json()["predictions"])
-
-
-def columns(
-    metadata: list[dict[str, Any]], items: list[dict[str, Any]]
-) -> list[tuple[str, str, np.ndarray[Any, Any]]]:
-    """One ``(name, datatype, array)`` per input tensor; an optional field that is empty in
-    every object is left out, a missing number is NaN."""
-    out = []
-    for tensor in metadata:
-        name, datatype = tensor["name"], tensor["datatype"]
-        values = [item.get(name) for item in items]
-        if all(v is None for v in values):
-            continue
-        if datatype == "BYTES":
-            array = np.array([str(v).encode() for v in values], dtype=np.object_)
-        else:
-            array = np.array([np.nan if v is None else v for v in values], dtype=NUMPY[datatype])
-        out.append((name, datatype, array.reshape(-1, 1)))
-    return out
 
 
 def via_grpc(served: Served, items: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
@@ -241,6 +223,24 @@ def test_metadata_config_and_health(loans: Served) -> None:
     http.close()
     # several workers share the gRPC port: every one of them bound it
     assert loans.log.read_text().count("gRPC (Open Inference Protocol v2) listening") == 2
+
+
+@pytest.mark.parametrize("pipeline", ["loans", "reviews"])
+def test_grpc_health_checks_answer_as_a_kubernetes_probe_expects(
+    request: pytest.FixtureRequest, pipeline: str
+) -> None:
+    """``grpc.health.v1.Health/Check`` on the gRPC port, through the native front (loans) and
+    grpc.aio (reviews): the server (``""``, what a ``grpc:`` probe sends) and the inference
+    service are SERVING on a ready worker; another service is NOT_FOUND."""
+    served: Served = request.getfixturevalue(pipeline)
+    with grpc.insecure_channel(served.grpc) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.RpcError) as unknown:
+            health.Check(health_pb2.HealthCheckRequest(service="loans"), timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def tensors(module: Any, overrides: dict[str, tuple[str, Any]]) -> list[Any]:
