@@ -211,21 +211,16 @@ class GatewayCore:
         return results
 
     async def predict_one(self, payload: Any) -> dict[str, Any]:
-        answered = await self.answer(lambda model: [validate_one(model, payload)])
-        return {
-            "prediction": answered.answers[0].model_dump(mode="json"),
-            "request_id": answered.request_ids[0],
-            **answered.lineage,
-        }
+        return single(await self.answer(lambda model: [validate_one(model, payload)]))
 
     async def predict_many(self, payload: Any) -> dict[str, Any]:
         limit = self.settings.max_bulk
-        answered = await self.answer(lambda model: validate_many(model, payload, limit))
-        return {
-            "predictions": [a.model_dump(mode="json") for a in answered.answers],
-            "request_ids": answered.request_ids,
-            **answered.lineage,
-        }
+        return bulk(await self.answer(lambda model: validate_many(model, payload, limit)))
+
+    async def answer_objects(self, objects: Sequence[BaseModel]) -> Answered:
+        """:meth:`answer` for objects a caller has validated already (BentoML's typed API)."""
+        limit = self.settings.max_bulk
+        return await self.answer(lambda model: retyped(model, objects, limit))
 
     def feedback(self, payload: Any) -> dict[str, Any]:
         """Ground truth for past answers: ``{"request_id": ..., "label": ...}`` or a list of
@@ -339,6 +334,24 @@ def _from_registry(settings: GatewaySettings, version: str | None) -> LoadedMode
     return load(settings, version)
 
 
+def single(answered: Answered) -> dict[str, Any]:
+    """The business-JSON answer to one object."""
+    return {
+        "prediction": answered.answers[0].model_dump(mode="json"),
+        "request_id": answered.request_ids[0],
+        **answered.lineage,
+    }
+
+
+def bulk(answered: Answered) -> dict[str, Any]:
+    """The business-JSON answer to a list of objects."""
+    return {
+        "predictions": [a.model_dump(mode="json") for a in answered.answers],
+        "request_ids": answered.request_ids,
+        **answered.lineage,
+    }
+
+
 def bulk_key(model: LoadedModel) -> str:
     return f"{model.input_key}s"
 
@@ -393,6 +406,24 @@ def validate_many(model: LoadedModel, payload: Any, limit: int) -> list[BaseMode
             [{"field": key, "message": f"expected a list of 1 to {limit} objects, got {got}"}],
         )
     return [_validate(model, value, f"{key}.{i}") for i, value in enumerate(values)]
+
+
+def retyped(model: LoadedModel, objects: Sequence[BaseModel], limit: int) -> list[BaseModel]:
+    """``objects``, validated elsewhere, as ``model``'s input class: the same objects when they
+    are of it, else validated again (a swap can bring another pipeline's class)."""
+    if not 1 <= len(objects) <= limit:
+        key = bulk_key(model)
+        raise InvalidInput(
+            f"{key} must be a list of 1 to {limit} objects, got {len(objects)} items",
+            [{"field": key, "message": f"expected 1 to {limit} objects, got {len(objects)}"}],
+        )
+    cls = model.input_model
+    if all(type(o) is cls for o in objects):
+        return list(objects)
+    if len(objects) == 1:
+        return [_validate(model, objects[0].model_dump(), model.input_key)]
+    key = bulk_key(model)
+    return [_validate(model, o.model_dump(), f"{key}.{i}") for i, o in enumerate(objects)]
 
 
 def validate_feedback(model: LoadedModel, payload: Any, limit: int) -> list[tuple[str, Any]]:

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.batching import Overloaded
-from gateway.core import GatewayCore, bulk_key, parse_json
+from gateway.core import GatewayCore, parse_json
 from gateway.errors import (
     GatewayError,
     PayloadTooLarge,
@@ -25,7 +25,6 @@ from gateway.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from gateway.model import LoadedModel
 from gateway.oip.rest import SUMMARIES as OIP_SUMMARIES
 from gateway.oip.rest import routes as oip_routes
 from gateway.oip.service import Oip
@@ -61,7 +60,7 @@ async def json_body(request: Request, limit: int) -> Any:
     return parse_json(await read_body(request, limit))
 
 
-def _lineage_headers(answer: Mapping[str, Any]) -> dict[str, str]:
+def lineage_headers(answer: Mapping[str, Any]) -> dict[str, str]:
     return {header: str(answer[key]) for key, header in LINEAGE_HEADERS.items()}
 
 
@@ -112,7 +111,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
             core = get_core()
             payload = await json_body(request, core.settings.max_body_bytes)
             answer = await call(core, payload)
-            headers = _lineage_headers(answer)
+            headers = lineage_headers(answer)
             if "request_id" in answer:
                 headers["x-request-id"] = answer["request_id"]
             return JSONResponse(answer, headers=headers)
@@ -131,7 +130,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         core = get_core()
         device = {"type": str(core.served.model.predictor.device), **core.device.describe()}
         info = {**core.served.model.info(), "device": device}
-        return JSONResponse(info, headers=_lineage_headers(core.served.lineage))
+        return JSONResponse(info, headers=lineage_headers(core.served.lineage))
 
     async def metrics(request: Request) -> Response:
         body, content_type = get_core().metrics.exposition()
@@ -160,7 +159,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         ("/metrics", "GET"): metrics,
         ("/admin/reload", "POST"): reload,
         ("/feedback", "POST"): feedback,
-        **oip_routes(Oip(get_core), read_body, _lineage_headers),
+        **oip_routes(Oip(get_core), read_body, lineage_headers),
     }
     handlers = {key: counted(key[0], endpoint) for key, endpoint in routes.items()}
     docs: dict[str, dict[str, Any]] = {path: _path_parameters(path) for path, _ in routes}
@@ -174,14 +173,13 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
             await worker.start()
             shed_by = tuple(path for path, _ in predict_routes)  # the routes that can shed
             core.metrics.safely(lambda: core.metrics.declare(core.served.model.name, shed_by))
-            for path, extra in describe(core.served.model).items():
-                docs[path].update(extra)
             yield
         finally:
             await worker.stop()
 
     # Mounted in the Bento: a FastAPI app, because BentoML's OpenAPI document includes the
-    # routes of mounted FastAPI apps; the business schemas are filled in once the model is loaded.
+    # routes of mounted FastAPI apps. On BentoML's port the predict routes are answered by the
+    # service's typed ``@bentoml.api`` methods (bentos/service.py), which BentoML documents.
     documented = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     for (path, method), handler in handlers.items():
         documented.add_api_route(
@@ -191,6 +189,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
             openapi_extra=docs[path],
             tags=["gateway"],
             summary=SUMMARIES[path],
+            include_in_schema=(path, method) not in predict_routes,
         )
     return documented
 
@@ -217,61 +216,4 @@ def _path_parameters(path: str) -> dict[str, Any]:
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in names
         ]
-    }
-
-
-def describe(model: LoadedModel) -> dict[str, dict[str, Any]]:
-    """OpenAPI request and response bodies of the predict routes for ``model``'s schemas."""
-    key, bulk = model.input_key, bulk_key(model)
-    item = model.input_model.model_json_schema()
-    answer = model.output_model.model_json_schema()
-    lineage: dict[str, Any] = {name: {"type": "string"} for name in LINEAGE_HEADERS}
-
-    def body(schema: dict[str, Any]) -> dict[str, Any]:
-        return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-    def ok(schema: dict[str, Any]) -> dict[str, Any]:
-        return {"200": {"description": "the answer and the model that gave it", **body(schema)}}
-
-    return {
-        "/predict": {
-            "requestBody": body(
-                {
-                    "type": "object",
-                    "properties": {key: item},
-                    "required": [key],
-                    "additionalProperties": False,
-                }
-            ),
-            "responses": ok(
-                {
-                    "type": "object",
-                    "properties": {
-                        "prediction": answer,
-                        "request_id": {"type": "string"},
-                        **lineage,
-                    },
-                }
-            ),
-        },
-        "/predict/bulk": {
-            "requestBody": body(
-                {
-                    "type": "object",
-                    "required": [bulk],
-                    "additionalProperties": False,
-                    "properties": {bulk: {"type": "array", "items": item, "minItems": 1}},
-                }
-            ),
-            "responses": ok(
-                {
-                    "type": "object",
-                    "properties": {
-                        "predictions": {"type": "array", "items": answer},
-                        "request_ids": {"type": "array", "items": {"type": "string"}},
-                        **lineage,
-                    },
-                }
-            ),
-        },
     }
