@@ -2,7 +2,8 @@
 
 - servers: the `loans` pipeline served three ways under the same closed-loop load — `mlflow
   models serve` of the logged model, the plain BentoML service (`loadtests/plain_service.py`) and
-  the gateway — then the gateway's ratios to the other two;
+  the gateway, on its data plane and through its `@bentoml.api` methods on BentoML's port — then
+  the gateway's ratios to the other two;
 - protocols: one gateway worker over business JSON, OIP JSON and OIP gRPC, per CPU-second, and
   locust's figures;
 - monitor: the gateway with its prediction log and its loop controller (`gateway-controller`,
@@ -78,6 +79,7 @@ class Server(Service):
     body: dict[str, object]  # one object, in this server's format
     bulk_body: dict[str, object]  # 1,000 objects
     bulk_path: str
+    also: str | None = None  # another route to the same answers, measured on the same server
 
 
 @dataclass
@@ -312,6 +314,7 @@ def gateway_server(
         {"application": OBJECT},
         {"applications": bulk},
         f"http://127.0.0.1:{data}/predict/bulk",
+        also=f"http://127.0.0.1:{port}",  # BentoML's port: the @bentoml.api methods
     )
 
 
@@ -401,8 +404,15 @@ def main() -> None:
                     server.predict, server.body, args.seconds, args.connections
                 )
                 bulk = bulk_rate(server.bulk_path, server.bulk_body, 1000)
-            cold = started.cold_start_s
-            results.append(Result(server.name, workers, ok, p50, p99, errors, cold, bulk))
+                cold = started.cold_start_s
+                results.append(Result(server.name, workers, ok, p50, p99, errors, cold, bulk))
+                if server.also is not None:
+                    predict = f"{server.also}/predict"
+                    wrk(predict, server.body, 3, args.connections)  # warm-up
+                    measured = wrk(predict, server.body, args.seconds, args.connections)
+                    bulk = bulk_rate(f"{predict}/bulk", server.bulk_body, 1000)
+                    name = f"{server.name} @bentoml.api"
+                    results.append(Result(name, workers, *measured, cold, bulk))
     if results:
         report(results, args.connections, args.seconds)
     if "protocols" in args.parts:
@@ -1274,6 +1284,12 @@ def report(results: list[Result], connections: int, seconds: int) -> None:
             f"{g.ok_per_s / by['mlflow models serve'].ok_per_s:.1f}x, "
             f"gateway / plain BentoML = {g.ok_per_s / by['plain BentoML'].ok_per_s:.1f}x"
         )
+        if (api := by.get("gateway @bentoml.api")) is not None:
+            print(
+                f"{workers} worker(s): @bentoml.api on :3000 / plain BentoML = "
+                f"{api.ok_per_s / by['plain BentoML'].ok_per_s:.1f}x, "
+                f"data plane / @bentoml.api = {g.ok_per_s / api.ok_per_s:.1f}x"
+            )
         if (shared := by.get("gateway shared device")) is not None:
             print(
                 f"{workers} worker(s): shared device / per-worker device = "
