@@ -275,7 +275,9 @@ def servers(store: str, workers: int, home: Path) -> list[Server]:
     found = [mlflow_server, plain, gateway_server("gateway", store, workers, home, bulk)]
     if workers > 1:  # the same, with one device batcher fed by every worker
         found.append(
-            gateway_server("gateway shared device", store, workers, home, bulk, shared_device="on")
+            gateway_server(
+                "gateway shared device", store, workers, home, bulk, shared_device="on", api=False
+            )
         )
     return found
 
@@ -289,10 +291,12 @@ def gateway_server(
     *,
     shared_device: str = "off",
     log_predictions: bool = True,
+    api: bool = True,
 ) -> Server:
     """The gateway as configured by default (prediction log on: every answered object appended to
     the shared store, SQLite in its state directory unless ``GATEWAY_STORE_URL`` is added);
-    without ``log_predictions``, no prediction log. The loop (drift, alerts, retrains) runs in a
+    without ``log_predictions``, no prediction log; with ``api``, its ``@bentoml.api`` methods on
+    BentoML's port are measured too. The loop (drift, alerts, retrains) runs in a
     controller of its own: see ``controller_service``."""
     port, data = free_port(), free_port()
     return Server(
@@ -314,7 +318,7 @@ def gateway_server(
         {"application": OBJECT},
         {"applications": bulk},
         f"http://127.0.0.1:{data}/predict/bulk",
-        also=f"http://127.0.0.1:{port}",  # BentoML's port: the @bentoml.api methods
+        also=f"http://127.0.0.1:{port}" if api else None,  # BentoML's port: @bentoml.api
     )
 
 

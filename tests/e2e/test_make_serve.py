@@ -22,14 +22,15 @@ import pytest
 from tests.helpers import MLFLOW_GLOBALS, REPO, VENV_BIN, free_port, http_ok, process, wait_until
 
 
-def documented_request() -> tuple[str, dict[str, object]]:
-    """The path and JSON body of the README's `curl` example."""
+def documented_request() -> tuple[int, str, dict[str, object]]:
+    """The port, path and JSON body of the README's `curl` example."""
     readme = (REPO / "README.md").read_text()
     line = next(line for line in readme.splitlines() if line.startswith("curl "))
     words = shlex.split(line)
-    url = next(w for w in words if "localhost:3000" in w)
+    url = next(w for w in words if w.startswith("localhost:"))
     body = json.loads(words[words.index("-d") + 1])
-    return re.sub(r"^localhost:3000", "", url), body
+    port, path = re.fullmatch(r"localhost:(\d+)(/.*)", url).groups()  # type: ignore[union-attr]
+    return int(port), path, body
 
 
 @pytest.mark.e2e
@@ -38,7 +39,7 @@ def test_make_serve_on_a_fresh_clone(tmp_path: Path) -> None:
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", *MLFLOW_GLOBALS}}
-    env["GATEWAY_DATA_PORT"] = str(free_port())
+    env["GATEWAY_DATA_PORT"] = data = str(free_port())
     env["GATEWAY_GRPC_PORT"] = str(free_port())
     env["GATEWAY_CONTROLLER_PORT"] = controller = str(free_port())
     env["PATH"] = os.pathsep.join(
@@ -49,8 +50,10 @@ def test_make_serve_on_a_fresh_clone(tmp_path: Path) -> None:
     command = ["make", "-o", f"{venv}/.installed", "serve", f"PORT={port}", f"VENV={venv}"]
     with process(command, cwd=clone, env=env, log=log, inherit_path=False) as proc:
         wait_until(http_ok(f"http://127.0.0.1:{port}/readyz"), 900, "make serve", proc)
-        path, body = documented_request()
-        response = httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=30)
+        documented, path, body = documented_request()
+        served = {3000: port, 3001: int(data)}[documented]  # the README's ports, here
+        wait_until(http_ok(f"http://127.0.0.1:{data}/ready"), 60, "the data plane", proc)
+        response = httpx.post(f"http://127.0.0.1:{served}{path}", json=body, timeout=30)
         wait_until(http_ok(f"http://127.0.0.1:{controller}/ready"), 120, "the controller", proc)
         loop = httpx.get(f"http://127.0.0.1:{controller}/ready", timeout=10).json()
     assert response.status_code == 200, response.text
