@@ -26,7 +26,7 @@ from gateway.batching import Overloaded
 from gateway.bundle import bundled, load_or_bundled
 from gateway.core import Answered, GatewayCore
 from gateway.errors import GatewayError
-from gateway.http import create_app, error_response, lineage_headers
+from gateway.http import DeclaredBodyLimit, create_app, error_response, lineage_headers
 from gateway.metrics import GatewayMetrics
 from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
@@ -154,3 +154,6 @@ class Gateway:
         from gateway.loader import load
 
         return load_or_bundled(settings, load)
+
+
+Gateway.add_asgi_middleware(DeclaredBodyLimit)  # type: ignore[attr-defined]

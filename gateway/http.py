@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.batching import Overloaded
 from gateway.core import GatewayCore, parse_json
@@ -28,6 +29,7 @@ from gateway.errors import (
 from gateway.oip.rest import SUMMARIES as OIP_SUMMARIES
 from gateway.oip.rest import routes as oip_routes
 from gateway.oip.service import Oip
+from gateway.settings import GatewaySettings
 from gateway.worker import Worker
 
 LINEAGE_HEADERS = {
@@ -58,6 +60,26 @@ async def json_body(request: Request, limit: int) -> Any:
             f"content-type must be application/json, got {content_type or 'none'!r}"
         )
     return parse_json(await read_body(request, limit))
+
+
+class DeclaredBodyLimit:
+    """ASGI middleware for BentoML's port, which has no body limit of its own: a request that
+    declares a body over ``limit`` bytes (default ``GATEWAY_MAX_BODY_BYTES``) gets 413 before
+    anything reads it. The data plane's routes also count what they read (:func:`read_body`)."""
+
+    def __init__(self, app: ASGIApp, limit: int | None = None) -> None:
+        self.app = app
+        self.limit = limit or GatewaySettings().max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = dict(scope.get("headers", ())).get(b"content-length", b"")
+        if scope["type"] == "http" and declared.isdigit() and int(declared) > self.limit:
+            refusal = PayloadTooLarge(
+                f"request body of {int(declared)} bytes exceeds the limit of {self.limit}"
+            )
+            await error_response(refusal)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def lineage_headers(answer: Mapping[str, Any]) -> dict[str, str]:

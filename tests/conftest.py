@@ -73,6 +73,15 @@ def train_ok(uri: str, *args: str) -> str:
     return result.output
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, loans_data: Path) -> str:
+    """A store with one loans champion (module-scoped: the servers only read it)."""
+    root = tmp_path_factory.mktemp("loans-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    train_ok(uri, "loans", "--data", str(loans_data), *FAST_LOANS)
+    return uri
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

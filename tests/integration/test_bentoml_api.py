@@ -11,17 +11,8 @@ import bentoml
 import httpx
 import pytest
 
-from tests.conftest import FAST_LOANS, train_ok
 from tests.helpers import REPO, VENV_BIN, free_port, http_ok, process, serve_gateway, wait_until
 from tests.integration.test_serving import APPLICATION, YOUNG
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, loans_data: Path) -> str:
-    root = tmp_path_factory.mktemp("bentoml-api-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    train_ok(uri, "loans", "--data", str(loans_data), *FAST_LOANS)
-    return uri
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +58,10 @@ def test_the_typed_api_keeps_the_gateways_limits_and_headers(gateway: tuple[str,
     too_many = httpx.post(f"{base}/predict/bulk", json={"applications": [APPLICATION] * 1001})
     assert too_many.status_code == 422, too_many.text
     assert "applications must be a list of 1 to 1000 objects" in too_many.text
+    huge = {"application": {**APPLICATION, "purpose": "x" * 3_000_000}}
+    refused = httpx.post(f"{base}/predict", json=huge, timeout=30)
+    assert refused.status_code == 413, refused.text
+    assert "exceeds the limit of 2097152" in refused.text
     ok = httpx.post(f"{base}/predict", json={"application": APPLICATION})
     assert ok.status_code == 200, ok.text
     assert ok.headers["x-model-version"] == ok.json()["model_version"]

@@ -15,7 +15,6 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.conftest import FAST_LOANS, train_ok
 from tests.helpers import (
     REPO,
     VENV_BIN,
@@ -46,15 +45,6 @@ YOUNG = {
     "employment_status": "student",
     "purpose": "education",
 }
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, loans_data: Path) -> str:
-    """A store with one loans champion (module-scoped: the servers only read it)."""
-    root = tmp_path_factory.mktemp("serving-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    train_ok(uri, "loans", "--data", str(loans_data), *FAST_LOANS)
-    return uri
 
 
 def direct_answers(uri: str, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
