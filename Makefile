@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # BentoML's usage analytics would try to reach the internet from every server start.
 export BENTOML_DO_NOT_TRACK = true
 
-.PHONY: install serve test lint bento bench tools proto grpc-front grpc-load k8s
+.PHONY: install serve test lint bento bench bench-gpu tools proto grpc-front grpc-load k8s
 
 # torch first, pinned: the CPU wheel on local disk; an open range would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -66,9 +66,13 @@ bento: install
 		rm -f bentos/bundle.json $(BUNDLED_FRONT); exit $$status
 
 # Not part of `make test`: throughput and latency against mlflow models serve and plain BentoML.
-bench: install grpc-front grpc-load
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+bench: install tools grpc-front grpc-load
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m loadtests.bench $(BENCH_ARGS)
+
+# The reviews transformer at its GPU size, through the gateway, against the raw model and plain
+# BentoML (loadtests/bench_gpu.py); on a machine without CUDA, a smoke run of a tiny model.
+bench-gpu: install tools
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m loadtests.bench_gpu $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -80,14 +84,16 @@ k8s: install
 	$(BIN)/python deploy/k8s/generate.py
 
 # What the tests start for real (Debian): Prometheus, promtool, Alertmanager; PostgreSQL (the
-# shared store and the tracking server's backend); iproute2 (network namespaces as test hosts).
+# shared store and the tracking server's backend); iproute2 (network namespaces as test hosts);
+# wrk (the benchmarks' load generator, which the GPU bench's smoke test drives).
 PG_BIN := /usr/lib/postgresql/15/bin
 tools:
 	command -v prometheus >/dev/null && command -v promtool >/dev/null \
 		&& command -v prometheus-alertmanager >/dev/null \
 		&& test -x $(PG_BIN)/initdb && test -x $(PG_BIN)/pg_ctl && command -v ip >/dev/null \
+		&& command -v wrk >/dev/null \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends prometheus prometheus-alertmanager postgresql iproute2)
+			--no-install-recommends prometheus prometheus-alertmanager postgresql iproute2 wrk)
 
 # The gRPC stubs of the Open Inference Protocol, checked in; a test fails when they are stale.
 proto: install

@@ -77,11 +77,11 @@ def default_socket() -> str:
 
 
 def run_forward(predictor: Any, features: Any, bf16: bool) -> Any:
-    with _precision(predictor, bf16):
+    with precision(predictor, bf16):
         return predictor.forward(features)
 
 
-def _precision(predictor: Any, bf16: bool) -> AbstractContextManager[Any]:
+def precision(predictor: Any, bf16: bool) -> AbstractContextManager[Any]:
     """bfloat16 autocast on the model's device when asked (entered in the thread that runs the
     forward pass, where autocast state lives), else nothing."""
     if not bf16:

@@ -160,9 +160,11 @@ def wrk(
     seconds: int,
     connections: int,
     cores: set[int] | None = None,
+    *,
+    threads: int = 2,
 ) -> tuple[float, float, float, int]:
-    """(ok req/s, p50 ms, p99 ms, errors) from a wrk run posting ``body`` (a list: each in
-    turn), on ``cores`` where given."""
+    """(ok req/s, p50 ms, p99 ms, errors) from a wrk run of ``threads`` threads posting
+    ``body`` (a list: each in turn), on ``cores`` where given."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     lua = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
     if isinstance(body, dict):
@@ -179,7 +181,7 @@ def wrk(
         on_cores(
             [
                 "wrk",
-                "-t2",
+                f"-t{threads}",
                 f"-c{connections}",
                 f"-d{seconds}s",
                 "--latency",
