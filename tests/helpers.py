@@ -201,7 +201,9 @@ def clean_venv(
     base = getattr(sys, "_base_executable", sys.executable)  # the interpreter behind .venv
     subprocess.run([base, "-m", "venv", str(path)], check=True)
     bin_dir = path / "bin"
-    args = [str(bin_dir / "pip"), "install", "--quiet", "-r", str(requirements), *pip_args]
+    # --no-compile: the same packages, without writing bytecode for all of them up front
+    args = [str(bin_dir / "pip"), "install", "--quiet", "--no-compile", "-r", str(requirements)]
+    args += pip_args
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     if log is not None:
         log.write_text(done.stdout + done.stderr)
