@@ -76,8 +76,10 @@ def _path(tag: str) -> Path:
     """The bundled model's directory: in a container, beside the bento's ``src/``; else in the
     BentoML model store."""
     name, version = tag.split(":")
-    inside = SOURCE.parent / "models" / name / version
-    return inside if inside.is_dir() else Path(bentoml.models.get(tag).path)
+    inside = SOURCE.parent / "models" / name / version  # a bento: models/ beside src/
+    if SOURCE.name == "src" and inside.is_dir():
+        return inside
+    return Path(bentoml.models.get(tag).path)
 
 
 def load_bundled(tag: str) -> LoadedModel:
