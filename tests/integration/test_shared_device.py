@@ -22,7 +22,7 @@ from gateway.loader import load
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from tests.conftest import FAST_LOANS, train_ok
-from tests.helpers import in_process_settings, metric_samples, serve_gateway
+from tests.helpers import in_process_settings, metric_samples, serve_gateway, wait_until
 from tests.integration.test_serving import _post_all, direct_answers, loan_variants
 
 
@@ -139,9 +139,14 @@ def shared_gateway(
 def test_bentoml_workers_feed_one_device_batcher(shared_gateway: tuple[str, str, str]) -> None:
     uri, base, data = shared_gateway
     roles: dict[int, bool] = {}
-    for _ in range(40):  # the kernel spreads connections over both workers
+
+    def both_workers_seen() -> bool:  # the kernel spreads connections over the workers
         device = httpx.get(f"{data}/model", headers={"connection": "close"}).json()["device"]
         roles[device["worker_pid"]] = device["owner"]
+        return len(roles) == 2
+
+    # BentoML is ready when one worker is; the other's data plane may still be starting
+    wait_until(both_workers_seen, 60, "both workers' data planes")
     assert sorted(roles.values()) == [False, True]
 
     objects = loan_variants(300)
