@@ -396,30 +396,35 @@ def validate_one(model: LoadedModel, payload: Any) -> BaseModel:
     return _validate(model, _expect_only(payload, key, f"a {model.input_model.__name__}"), key)
 
 
-def validate_many(model: LoadedModel, payload: Any, limit: int) -> list[BaseModel]:
-    key = bulk_key(model)
-    values = _expect_only(payload, key, f"a list of {model.input_model.__name__}")
+def _counted(model: LoadedModel, values: Any, limit: int) -> list[Any]:
+    """``values`` when it is a list of 1 to ``limit`` objects; else the refusal, named by the
+    bulk key."""
     if not isinstance(values, list) or not values or len(values) > limit:
+        key = bulk_key(model)
         got = f"{len(values)} items" if isinstance(values, list) else type(values).__name__
         raise InvalidInput(
             f"{key} must be a list of 1 to {limit} objects, got {got}",
             [{"field": key, "message": f"expected a list of 1 to {limit} objects, got {got}"}],
         )
-    return [_validate(model, value, f"{key}.{i}") for i, value in enumerate(values)]
+    return values
+
+
+def validate_many(model: LoadedModel, payload: Any, limit: int) -> list[BaseModel]:
+    key = bulk_key(model)
+    values = _expect_only(payload, key, f"a list of {model.input_model.__name__}")
+    return [
+        _validate(model, value, f"{key}.{i}")
+        for i, value in enumerate(_counted(model, values, limit))
+    ]
 
 
 def retyped(model: LoadedModel, objects: Sequence[BaseModel], limit: int) -> list[BaseModel]:
     """``objects``, validated elsewhere, as ``model``'s input class: the same objects when they
     are of it, else validated again (a swap can bring another pipeline's class)."""
-    if not 1 <= len(objects) <= limit:
-        key = bulk_key(model)
-        raise InvalidInput(
-            f"{key} must be a list of 1 to {limit} objects, got {len(objects)} items",
-            [{"field": key, "message": f"expected 1 to {limit} objects, got {len(objects)}"}],
-        )
+    objects = _counted(model, list(objects), limit)
     cls = model.input_model
     if all(type(o) is cls for o in objects):
-        return list(objects)
+        return objects
     if len(objects) == 1:
         return [_validate(model, objects[0].model_dump(), model.input_key)]
     key = bulk_key(model)

@@ -40,11 +40,15 @@ LINEAGE_HEADERS = {
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
+def refuse_declared(declared: str | None, limit: int) -> None:
+    """Refuse with 413 a request whose ``Content-Length`` (``declared``) exceeds ``limit``."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    refuse_declared(request.headers.get("content-length"), limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -72,13 +76,13 @@ class DeclaredBodyLimit:
         self.limit = limit or GatewaySettings().max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        declared = dict(scope.get("headers", ())).get(b"content-length", b"")
-        if scope["type"] == "http" and declared.isdigit() and int(declared) > self.limit:
-            refusal = PayloadTooLarge(
-                f"request body of {int(declared)} bytes exceeds the limit of {self.limit}"
-            )
-            await error_response(refusal)(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            declared = dict(scope["headers"]).get(b"content-length")
+            try:
+                refuse_declared(declared.decode("latin-1") if declared else None, self.limit)
+            except PayloadTooLarge as refusal:
+                await error_response(refusal)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 

@@ -35,9 +35,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-
-from loadtests.bench import BIN, Server, free_port, running, wrk
+from loadtests.bench import BIN, Server, free_port, metric_total, running, wrk
 
 ANCHOR = {"n_layers": 6, "d_model": 512, "n_heads": 8, "d_ff": 2048, "max_len": 128}
 TINY = {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "max_len": 32, "vocab_size": 2000}
@@ -142,7 +140,7 @@ def review_bodies(count: int) -> list[dict[str, object]]:
     frame = pipelines.get("reviews").generate(count, 0.0, 7)
     return [
         {"review": {"text": text, **({"title": title} if isinstance(title, str) else {})}}
-        for text, title in zip(frame["text"], frame.get("title", [None] * count), strict=True)
+        for text, title in zip(frame["text"], frame["title"], strict=True)
     ]
 
 
@@ -247,29 +245,21 @@ def load(
     sent: list[dict[str, object]] = (
         [{"reviews": [b["review"]]} for b in bodies] if plain else bodies
     )
-    metrics = server.ready.rsplit("/", 1)[0] + "/metrics"  # the port the load goes to
-    batch_metric = "bentoml_service_adaptive_batch_size" if plain else "gateway_device_batch_size"
+    base = server.ready.rsplit("/", 1)[0]  # the port the load goes to
+    batch = "bentoml_service_adaptive_batch_size" if plain else "gateway_device_batch_size"
+
+    def histogram() -> tuple[float, float]:  # (sum, count) over all its label sets
+        return metric_total(base, f"{batch}_sum"), metric_total(base, f"{batch}_count")
+
     wrk(server.predict, sent, 2, connections, threads=threads)  # warm-up
-    before = histogram(metrics, batch_metric)
+    before = histogram()
     with gpu_utilisation() as util:
         cpu_before = _children_cpu()
         ok, p50, p99, errors = wrk(server.predict, sent, seconds, connections, threads=threads)
         loadgen = (_children_cpu() - cpu_before) / seconds / threads
-    after = histogram(metrics, batch_metric)
+    after = histogram()
     rows, batches = after[0] - before[0], after[1] - before[1]
     return Row(name, ok, p50, p99, errors, rows / batches if batches else None, util(), loadgen)
-
-
-def histogram(metrics: str, name: str) -> tuple[float, float]:
-    """(sum, count) of histogram ``name`` on ``metrics``, over all its label sets."""
-    text = httpx.get(metrics, timeout=10).text
-    total = count = 0.0
-    for line in text.splitlines():
-        if line.startswith(f"{name}_sum"):
-            total += float(line.rsplit(" ", 1)[1])
-        elif line.startswith(f"{name}_count"):
-            count += float(line.rsplit(" ", 1)[1])
-    return total, count
 
 
 def _children_cpu() -> float:
