@@ -9,7 +9,9 @@ JSON) and loaded back on the serving device. Nothing here knows about MLflow or 
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
+import re
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -21,7 +23,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from trainers.errors import DataError, ParamError
 
@@ -289,3 +292,59 @@ def _column_spec(annotation: Any) -> ColumnSpec:
     if annotation is str:
         return ColumnSpec("string", False)
     raise TypeError(f"unsupported business field type {annotation!r}")
+
+
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[\ud800-\udfff]")
+"""Characters no business text carries: C0 controls other than tab and newlines, DEL, and lone
+UTF-16 surrogates (JSON's ``\\ud800`` escapes, which cannot be stored or encoded as UTF-8)."""
+
+STRICT_TYPES = (
+    "Types are strict, so that a client's bug is refused rather than answered: a number field "
+    "takes a JSON number only (true/false and numeric strings are refused); an integer field "
+    "also takes a whole number written with a fraction (36.0 is 36), never 36.5; a string field "
+    "takes a JSON string only, without NUL, other control characters (tab and newlines are "
+    "fine) or lone surrogates; unknown fields are refused."
+)
+
+
+def _document_types(schema: dict[str, Any]) -> None:
+    description = str(schema.get("description", "")).strip()
+    schema["description"] = f"{description}\n\n{STRICT_TYPES}".strip()
+
+
+class BusinessObject(BaseModel):
+    """Base for the objects a pipeline accepts: strict JSON types (:data:`STRICT_TYPES`, also in
+    the JSON schema's description), unknown fields refused, NaN and infinities refused."""
+
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, json_schema_extra=_document_types
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = _field_kind(cls, str(info.field_name))
+        if isinstance(value, bool) and kind != "boolean":
+            raise PydanticCustomError("strict_type", f"expected {_KIND_NAMES[kind]}, got a boolean")
+        if isinstance(value, str | bytes) and kind in ("number", "integer"):
+            raise PydanticCustomError("strict_type", f"expected {_KIND_NAMES[kind]}, got a string")
+        if isinstance(value, str) and (bad := CONTROL.search(value)):
+            raise PydanticCustomError(
+                "text_character",
+                f"text must not contain the character U+{ord(bad.group()):04X} "
+                f"(at position {bad.start()})",
+            )
+        return value
+
+
+_KIND_NAMES = {
+    "number": "a number",
+    "integer": "an integer",
+    "boolean": "true or false",
+    "string": "a string",
+}
+
+
+@functools.cache
+def _field_kind(model: type[BaseModel], field: str) -> str:
+    return _column_spec(model.model_fields[field].annotation).kind

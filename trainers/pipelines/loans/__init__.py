@@ -9,10 +9,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
-from trainers.contract import Direction, EpochCallback, Metric, Pipeline, Predictor
+from trainers.contract import BusinessObject, Direction, EpochCallback, Metric, Pipeline, Predictor
 from trainers.errors import DataError
 from trainers.metrics import roc_auc
 from trainers.pipelines.loans.generator import EMPLOYMENT, PURPOSES, TERMS, generate
@@ -26,10 +26,8 @@ Term = Literal[12, 24, 36, 48, 60]
 Decision = Literal["approve", "review", "decline"]
 
 
-class LoanApplication(BaseModel):
+class LoanApplication(BusinessObject):
     """One application for a consumer loan."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     income: float = Field(ge=0, le=10_000_000, description="Gross annual income")
     age: int = Field(ge=18, le=100, description="Applicant age in years")

@@ -13,10 +13,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
-from trainers.contract import Direction, EpochCallback, Metric, Pipeline, Predictor
+from trainers.contract import BusinessObject, Direction, EpochCallback, Metric, Pipeline, Predictor
 from trainers.errors import DataError
 from trainers.metrics import accuracy
 from trainers.pipelines.reviews.generator import generate
@@ -29,10 +29,8 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 _TOKEN = re.compile(r"[a-z0-9']+|[!?.,:;]")
 
 
-class MovieReview(BaseModel):
+class MovieReview(BusinessObject):
     """A free-text review of a film, with an optional headline."""
-
-    model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, max_length=5000, pattern=r"\S", description="Review body")
     title: str | None = Field(default=None, max_length=200, description="Optional headline")
