@@ -34,6 +34,8 @@ from trainers.sqlstore import StoreError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Answer = tuple[BaseModel, str]  # an answered object and its request id
+MAX_BACKOFF_S = 30.0
+"""The alias watcher's longest wait between reads while the registry cannot be read."""
 
 
 def _refuse_constant(name: str) -> float:
@@ -232,17 +234,16 @@ class GatewayCore:
             self.predictions.store, self.served.model, payload, limit, self.metrics
         )
 
-    def _checked(self, validate: Callable[..., T], *args: Any) -> T:
+    def _checked(self, validate: Callable[..., T], model: LoadedModel) -> T:
         try:
-            return validate(*args)
+            return validate(model)
         except (InvalidInput, InvalidTensor) as exc:
-            self.metrics.safely(functools.partial(self._count_refusal, exc))
+            self.metrics.safely(functools.partial(self._count_refusal, exc, model))
             raise
 
-    def _count_refusal(self, exc: InvalidInput | InvalidTensor) -> None:
+    def _count_refusal(self, exc: InvalidInput | InvalidTensor, model: LoadedModel) -> None:
         for detail in exc.details:
-            field = ".".join(p for p in str(detail["field"]).split(".") if not p.isdigit())
-            self.metrics.validation_errors.labels(field).inc()
+            self.metrics.validation_errors.labels(refusal_label(model, detail["field"])).inc()
 
     # -- swapping ---------------------------------------------------------------------------
     async def swap(self, version: str | None = None) -> dict[str, Any]:
@@ -295,20 +296,40 @@ class GatewayCore:
         )
 
     async def _follow_alias(self) -> None:
-        """Poll the registry alias; swap when it moves. A store that is down changes nothing."""
+        """Poll the registry alias; swap when it moves. A registry that cannot be read changes
+        nothing: the watcher says so once, waits twice as long after each failure (up to
+        :data:`MAX_BACKOFF_S`), and says once when it reads the alias again."""
 
         client = self.settings.mlflow()
         name, alias = self.settings.pipeline, self.settings.alias
+        interval = wait = self.settings.poll_interval_s
+        failing = False
         while True:
-            await asyncio.sleep(self.settings.poll_interval_s)
+            await asyncio.sleep(wait)
             try:
                 mv = await asyncio.to_thread(client.get_model_version_by_alias, name, alias)
             except Exception as exc:
-                log.warning("cannot read %s@%s: %s", name, alias, exc)
+                if not failing:
+                    log.warning(
+                        "cannot read %s@%s, still serving v%s; retrying with back-off: %s",
+                        name,
+                        alias,
+                        self.served.model.version,
+                        _first_line(exc),
+                    )
+                failing, wait = True, min(max(wait * 2, interval), MAX_BACKOFF_S)
                 continue
+            if failing:
+                log.info("reading %s@%s again", name, alias)
+            failing, wait = False, interval
             version = str(mv.version)
             if version not in (self.served.model.version, self._refused):
                 await self.swap(version)
+
+
+def _first_line(exc: Exception) -> str:
+    """What went wrong, in one line (MLflow's errors carry pages of retry history)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def record_feedback(
@@ -354,6 +375,20 @@ def bulk(answered: Answered) -> dict[str, Any]:
 
 def bulk_key(model: LoadedModel) -> str:
     return f"{model.input_key}s"
+
+
+REFUSAL_PLACES = frozenset({"body", "inputs", "outputs", "parameters"})
+"""Where a refusal may point besides the model's own fields and keys: the whole body, or an
+Open Inference Protocol request's tensor lists."""
+
+
+def refusal_label(model: LoadedModel, field: Any) -> str:
+    """The ``field`` label of a refusal, from names the served model defines only: a name a
+    client chose (an unknown key, a tensor that does not exist) becomes ``unknown``, so junk
+    cannot create new time series. List positions are left out (``applications.income``)."""
+    known = {*REFUSAL_PLACES, model.input_key, bulk_key(model), *model.input_model.model_fields}
+    parts = [p for p in str(field).split(".") if not p.isdigit()]
+    return ".".join(p if p in known else "unknown" for p in parts) or "body"
 
 
 def _expect_only(payload: Any, key: str, what: str) -> Any:
