@@ -22,11 +22,18 @@ from bentoml.models import BentoModel
 from pydantic import BaseModel, create_model
 from starlette.responses import Response
 
+from gateway.access import hide_secrets
 from gateway.batching import Overloaded
 from gateway.bundle import bundled, load_or_bundled
 from gateway.core import Answered, GatewayCore
 from gateway.errors import GatewayError
-from gateway.http import DeclaredBodyLimit, create_app, error_response, lineage_headers
+from gateway.http import (
+    DeclaredBodyLimit,
+    PredictionKey,
+    create_app,
+    error_response,
+    lineage_headers,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
@@ -102,6 +109,7 @@ class Gateway:
 
     def __init__(self) -> None:
         settings = GatewaySettings(pipeline=CONTRACT.name)
+        hide_secrets(settings)
         self.core = GatewayCore(self._load(settings), settings, GatewayMetrics())
 
     @_api("/predict", KEY, CONTRACT.Input, Answer)
@@ -157,3 +165,4 @@ class Gateway:
 
 
 Gateway.add_asgi_middleware(DeclaredBodyLimit)  # type: ignore[attr-defined]
+Gateway.add_asgi_middleware(PredictionKey)  # type: ignore[attr-defined]

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.access import hide_secrets
 from gateway.core import record_feedback
 from gateway.errors import (
     GatewayError,
@@ -241,6 +242,7 @@ def create_app(controller: Controller) -> Starlette:
             raise InvalidInput(str(exc), [{"field": "alerts", "message": str(exc)}]) from exc
 
     async def feedback(request: Request) -> Response:
+        bearer(request, settings.feedback_token, "feedback", open_without=True)
         payload = await json_body(request, settings.max_body_bytes)
         model, limit = controller.current(), settings.max_bulk
         answer = await asyncio.to_thread(
@@ -296,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = GatewaySettings()
+    hide_secrets(settings)
     controller = Controller(settings, GatewayMetrics())
     uvicorn.run(
         create_app(controller),

@@ -34,6 +34,19 @@ class PayloadTooLarge(GatewayError):
     status_code = 413
 
 
+class RequestTimeout(GatewayError):
+    """The request's body did not arrive in time (``GATEWAY_REQUEST_TIMEOUT_S``) or the client
+    went away while sending it."""
+
+    status_code = 408
+
+
+class AnswerTimeout(GatewayError):
+    """No answer within ``GATEWAY_REQUEST_TIMEOUT_S`` (gRPC: ``DEADLINE_EXCEEDED``)."""
+
+    status_code = 504
+
+
 class InvalidInput(GatewayError):
     """The JSON does not describe a valid business object; ``details`` name each field."""
 
@@ -59,7 +72,15 @@ class Unavailable(GatewayError):
 
 
 class Unauthorized(GatewayError):
+    """No credential was sent where one is required (gRPC: ``UNAUTHENTICATED``)."""
+
     status_code = 401
+
+
+class Forbidden(GatewayError):
+    """A credential was sent, and it is not the configured one (gRPC: ``PERMISSION_DENIED``)."""
+
+    status_code = 403
 
 
 class InvalidTensor(GatewayError):

@@ -4,7 +4,6 @@ every worker's data plane."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -12,16 +11,19 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.access import API_KEY_HEADER, bearer_token, check_secret, is_prediction
 from gateway.batching import Overloaded
 from gateway.core import GatewayCore, parse_json
 from gateway.errors import (
+    AnswerTimeout,
     GatewayError,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
@@ -50,10 +52,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     refuse_declared(request.headers.get("content-length"), limit)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    except ClientDisconnect as exc:  # the client left, or the data plane's deadline closed it
+        raise RequestTimeout("the connection closed before the request body arrived") from exc
     return bytes(body)
 
 
@@ -98,16 +103,43 @@ def error_response(exc: Exception) -> JSONResponse:
             headers={"retry-after": str(max(1, round(exc.retry_after)))},
         )
     assert isinstance(exc, GatewayError)
-    return JSONResponse(exc.to_json(), status_code=exc.status_code)
+    headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return JSONResponse(exc.to_json(), status_code=exc.status_code, headers=headers)
 
 
-def bearer(request: Request, token: str | None, what: str) -> None:
-    """Refuse ``request`` unless it carries ``token`` (a route without a token is disabled)."""
+def bearer(request: Request, token: str | None, what: str, *, open_without: bool = False) -> None:
+    """Refuse ``request`` unless it carries ``token`` as its bearer token: 401 without one, 403
+    with another. Without a configured token the route is off (404), or open when
+    ``open_without``."""
     if not token:
+        if open_without:
+            return
         raise Unavailable(f"{what} is disabled (no token set)")
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise Unauthorized("a valid bearer token is required")
+    given = bearer_token(request.headers.get("authorization"))
+    check_secret(given, token, f"a bearer token for {what}")
+
+
+class PredictionKey:
+    """ASGI middleware: with ``GATEWAY_API_KEY`` set, a prediction request (:func:`is_prediction`)
+    must carry it in the ``x-api-key`` header (401 without, 403 with another key)."""
+
+    def __init__(self, app: ASGIApp, key: str | None = None) -> None:
+        self.app = app
+        self.key = key if key is not None else GatewaySettings().api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.key and scope["type"] == "http" and is_prediction(scope["method"], scope["path"]):
+            sent = dict(scope["headers"]).get(API_KEY_HEADER.encode())
+            try:
+                check_secret(
+                    sent.decode("latin-1") if sent else None,
+                    self.key,
+                    f"an API key (the {API_KEY_HEADER} header)",
+                )
+            except GatewayError as refusal:
+                await error_response(refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
@@ -119,7 +151,12 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
             core = get_core()
             started = time.perf_counter()
             try:
-                response = await endpoint(request)
+                async with asyncio.timeout(core.settings.request_timeout_s):
+                    response = await endpoint(request)
+            except TimeoutError:
+                response = error_response(
+                    AnswerTimeout(f"no answer within {core.settings.request_timeout_s:g}s")
+                )
             except (GatewayError, Overloaded) as exc:
                 response = error_response(exc)
                 if isinstance(exc, Overloaded):
@@ -170,6 +207,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
 
     async def feedback(request: Request) -> Response:
         core = get_core()
+        bearer(request, core.settings.feedback_token, "feedback", open_without=True)
         payload = await json_body(request, core.settings.max_body_bytes)
         return JSONResponse(await asyncio.to_thread(core.feedback, payload))
 
@@ -194,7 +232,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         core = get_core()
         lean = Starlette(routes=[Route(p, h, methods=[m]) for (p, m), h in handlers.items()])
-        worker = Worker(core, lean)
+        worker = Worker(core, PredictionKey(lean, core.settings.api_key))
         try:
             await worker.start()
             shed_by = tuple(path for path, _ in predict_routes)  # the routes that can shed

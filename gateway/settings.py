@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainers.sqlstore import embedded_url
@@ -66,6 +67,21 @@ class GatewaySettings(BaseSettings):
 
     reload_token: str | None = None
     """Bearer token for ``POST /admin/reload``; unset disables the endpoint."""
+
+    feedback_token: str | None = None
+    """Bearer token for ``POST /feedback`` (on the serving ports and the controller); unset
+    leaves feedback open to whoever may predict (it only records labels for answers given)."""
+
+    api_key: str | None = None
+    """Key every prediction must carry, in the ``x-api-key`` header (HTTP) or metadata (gRPC);
+    unset: predictions are open (put the gateway behind the network policy you trust)."""
+
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    """The data plane's limit for reading a request body and answering it: a slower request gets
+    408 (body) or 504 (answer), and its connection is closed."""
+
+    keep_alive_s: float = Field(default=5.0, gt=0)
+    """An idle keep-alive connection to the data plane is closed after this long."""
 
     data_port: int = Field(default=3001, ge=0, le=65535)
     """Port of the data plane every worker serves (0 turns it off; BentoML's port still answers)."""
@@ -164,6 +180,22 @@ class GatewaySettings(BaseSettings):
 
     alert_token: str | None = None
     """Bearer token for ``POST /alerts`` (Alertmanager's webhook); unset disables it."""
+
+    @model_validator(mode="after")
+    def _no_unknown_variables(self) -> GatewaySettings:
+        """A mistyped variable (``GATEWAY_MAX_BATCHSIZE``) would otherwise be ignored silently."""
+        known = {f"GATEWAY_{name.upper()}" for name in type(self).model_fields}
+        unknown = sorted(v for v in os.environ if v.startswith("GATEWAY_") and v not in known)
+        if unknown:
+            hints = []
+            for variable in unknown:
+                close = difflib.get_close_matches(variable, known, n=1)
+                hints.append(f"{variable} (did you mean {close[0]}?)" if close else variable)
+            raise ValueError(
+                f"unknown setting(s): {', '.join(hints)}; the GATEWAY_* settings are listed in "
+                "docs/serving.md#settings"
+            )
+        return self
 
     @property
     def model_uri(self) -> str:

@@ -17,6 +17,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -45,6 +46,8 @@ const (
 	service     = "/inference.GRPCInferenceService/"
 	healthCheck = "/grpc.health.v1.Health/Check"
 	healthWatch = "/grpc.health.v1.Health/Watch"
+	infer       = service + "ModelInfer"
+	apiKeyName  = "x-api-key"
 )
 
 // message is a protobuf message left as bytes: the worker parses and writes them.
@@ -75,6 +78,7 @@ type worker struct {
 	next    uint64
 	mu      sync.Mutex
 	pending map[uint64]chan reply
+	apiKey  string
 }
 
 func newWorker(conn net.Conn) *worker {
@@ -180,6 +184,23 @@ func (w *worker) call(ctx context.Context, method string, request []byte) (reply
 	}
 }
 
+// authorize refuses a prediction without the configured API key (GATEWAY_API_KEY, as the
+// worker reads it): UNAUTHENTICATED without one, PERMISSION_DENIED with another.
+func (w *worker) authorize(ctx context.Context) error {
+	if w.apiKey == "" {
+		return nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	sent := md.Get(apiKeyName)
+	if len(sent) == 0 || sent[0] == "" {
+		return status.Error(codes.Unauthenticated, "an API key (the x-api-key metadata) is required")
+	}
+	if subtle.ConstantTimeCompare([]byte(sent[0]), []byte(w.apiKey)) != 1 {
+		return status.Error(codes.PermissionDenied, "an API key (the x-api-key metadata) is not valid")
+	}
+	return nil
+}
+
 // handle serves every unary method of the service, and the health check, by asking the worker.
 func (w *worker) handle(_ interface{}, stream grpc.ServerStream) error {
 	full, ok := grpc.MethodFromServerStream(stream)
@@ -188,6 +209,11 @@ func (w *worker) handle(_ interface{}, stream grpc.ServerStream) error {
 	}
 	if !ok || !(strings.HasPrefix(full, service) || full == healthCheck) || len(full) > 255 {
 		return status.Errorf(codes.Unimplemented, "unknown method %s", full)
+	}
+	if full == infer {
+		if err := w.authorize(stream.Context()); err != nil {
+			return err
+		}
 	}
 	var request message
 	if err := stream.RecvMsg(&request); err != nil {
@@ -260,6 +286,7 @@ func main() {
 		log.Fatalf("gateway-grpc: cannot bind the gRPC port %s: %v", *address, err)
 	}
 	w := newWorker(conn)
+	w.apiKey = os.Getenv("GATEWAY_API_KEY")
 	server := grpc.NewServer(
 		grpc.CustomCodec(rawCodec{}),
 		grpc.UnknownServiceHandler(w.handle),

@@ -21,6 +21,7 @@ from rich.tree import Tree
 
 from trainers import drift, lineage, pipelines, registry, traces, training
 from trainers.errors import RegistryError, TrainersError
+from trainers.redaction import hide_in_logs, url_password
 from trainers.snapshots import write_snapshot
 from trainers.sqlstore import StoreError, redact, scrub
 from trainers.tracking import connect, tracking_uri
@@ -112,6 +113,7 @@ def main(ctx: click.Context, uri: str | None) -> None:
     # MLflow's hints about dataset sources and integer columns do not apply: schemas are explicit.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
     ctx.obj = tracking_uri(uri)
+    hide_in_logs([url_password(ctx.obj)])
 
 
 def _client(ctx: click.Context) -> MlflowClient:

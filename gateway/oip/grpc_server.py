@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
+from gateway.access import API_KEY_HEADER, check_secret
 from gateway.batching import Overloaded
 from gateway.core import GatewayCore
 from gateway.errors import GatewayError, InvalidTensor
@@ -44,10 +45,13 @@ WATCH_POLL_S = 1.0
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     422: grpc.StatusCode.INVALID_ARGUMENT,
     501: grpc.StatusCode.UNIMPLEMENTED,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
 CONTENTS = {
@@ -208,7 +212,16 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> bytes:
         """The serialized response (see :func:`serialized`): :meth:`infer_together` for one
-        call."""
+        call. With ``GATEWAY_API_KEY`` set, the call's ``x-api-key`` metadata must carry it
+        (the native front checks it there)."""
+        key = self.oip.get_core().settings.api_key
+        if key:
+            sent = dict(context.invocation_metadata() or ()).get(API_KEY_HEADER)
+            try:
+                check_secret(sent, key, f"an API key (the {API_KEY_HEADER} metadata)")
+            except GatewayError as exc:
+                _, refused = refusal(self.oip.get_core(), "ModelInfer", exc)
+                await context.abort(refused.code, refused.details)
         (outcome,) = await self.infer_together([request])
         if not isinstance(outcome, Refused):
             return outcome
