@@ -16,12 +16,66 @@ import contextlib
 import importlib.util
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
 
 log = logging.getLogger(__name__)
+
+
+REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+
+
+def deadline_protocol(base: type[asyncio.Protocol], idle_s: float, request_s: float) -> type:
+    """``base`` (uvicorn's HTTP protocol) with two deadlines uvicorn lacks, so that slow or stuck
+    clients cannot hold connections: a connection that starts no request within ``idle_s`` is
+    closed, and a request whose head and body have not arrived ``request_s`` after it began gets
+    408 and its connection is closed. (uvicorn closes idle keep-alive connections itself.)"""
+
+    class Deadlines(base):  # type: ignore[misc, valid-type]
+        _deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self, seconds: float, expired: Callable[[], None]) -> None:
+            self._disarm()
+            self._deadline = asyncio.get_running_loop().call_later(seconds, expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _close(self) -> None:
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def _too_slow(self) -> None:
+            cycle = getattr(self, "cycle", None)
+            if not self.transport.is_closing() and (cycle is None or not cycle.response_started):
+                body = b'{"error": "the request was not received within %gs"}' % request_s
+                self.transport.write(REQUEST_TIMEOUT % (len(body), body))
+            self._close()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._arm(idle_s, self._close)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm(request_s, self._too_slow)
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return Deadlines
 
 
 class _WorkerServer(uvicorn.Server):
@@ -45,15 +99,32 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 class DataPlane:
     """Serve ``app`` on ``host:port`` from the running event loop until :meth:`stop`."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
-        fast_http = importlib.util.find_spec("httptools") is not None
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        *,
+        keep_alive_s: float = 5.0,
+        request_timeout_s: float = 30.0,
+    ) -> None:
+        base: type[asyncio.Protocol]
+        if importlib.util.find_spec("httptools") is not None:
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+            base = HttpToolsProtocol
+        else:
+            from uvicorn.protocols.http.h11_impl import H11Protocol
+
+            base = H11Protocol
         config = uvicorn.Config(
             app,
             lifespan="off",  # the Bento owns start-up and shutdown
             access_log=False,
             log_level="warning",
-            http="httptools" if fast_http else "h11",
+            http=deadline_protocol(base, keep_alive_s, request_timeout_s),
             loop="none",
+            timeout_keep_alive=max(1, round(keep_alive_s)),
         )
         self.server = _WorkerServer(config)
         self.host, self.port = host, port

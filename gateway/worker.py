@@ -54,7 +54,13 @@ class Worker:
             log.info("prediction log: %s", redact(settings.shared_store))
         await self.core.start()
         if settings.data_port:
-            self.plane = DataPlane(self.lean, settings.data_host, settings.data_port)
+            self.plane = DataPlane(
+                self.lean,
+                settings.data_host,
+                settings.data_port,
+                keep_alive_s=settings.keep_alive_s,
+                request_timeout_s=settings.request_timeout_s,
+            )
             await self.plane.start()
         if settings.grpc_port:
             from gateway.oip.grpc_front import start_grpc  # grpc: only where it serves
