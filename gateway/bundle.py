@@ -35,17 +35,20 @@ REFERENCE = "drift_reference.parquet"
 DATA_SHA256_TAG = "lineage.data.sha256"
 
 
-def bundle(settings: GatewaySettings) -> str:
-    """Import the version ``settings.alias`` points at; return its BentoML tag."""
+def bundle(settings: GatewaySettings) -> tuple[str, str]:
+    """Import the version ``settings.alias`` points at; return its BentoML tag and the digest
+    of its recorded sha256 values (kept in ``bundle.json``, apart from the model)."""
     from gateway.loader import fetch, verify  # MLflow: only where a model is read
     from trainers.drift import REFERENCE_SAMPLE
+    from trainers.lineage import manifest_sha256
 
     with tempfile.TemporaryDirectory(prefix="gateway-bundle-") as tmp:
         fetched = fetch(settings, None, Path(tmp))
         verify(fetched.model_dir, fetched.recorded, f"{fetched.name} v{fetched.version}")
         tag = f"{fetched.name}:{fetched.version}-{fetched.run_id[:12]}"
+        digest = manifest_sha256(fetched.recorded)
         try:
-            return str(bentoml.models.get(tag).tag)
+            return str(bentoml.models.get(tag).tag), digest
         except bentoml.exceptions.NotFound:
             pass
         client = settings.mlflow()
@@ -62,7 +65,7 @@ def bundle(settings: GatewaySettings) -> str:
             shutil.copy(reference, model.path_of(REFERENCE))
             manifest = {**labels, "sha256": fetched.recorded}
             Path(model.path_of(MANIFEST)).write_text(json.dumps(manifest, indent=1))
-        return str(model.tag)
+        return str(model.tag), digest
 
 
 def bundled(pipeline: str | None = None) -> dict[str, str]:
@@ -82,21 +85,22 @@ def _path(tag: str) -> Path:
     return Path(bentoml.models.get(tag).path)
 
 
-def load_bundled(tag: str) -> LoadedModel:
-    """The bundled model ``tag``, verified and warmed up, with its drift reference."""
-    from gateway.loader import Fetched, load_local
+def load_bundled(tag: str, digest: str | None) -> LoadedModel:
+    """The bundled model ``tag``, verified (against ``digest``, from ``bundle.json``, and its
+    recorded sha256 values) and warmed up, with its drift reference."""
+    from gateway.loader import Fetched, check_record, load_local
 
     path = _path(tag)
     manifest = json.loads((path / MANIFEST).read_text())
-    model = load_local(
-        Fetched(
-            name=manifest["pipeline"],
-            version=manifest["version"],
-            run_id=manifest["run_id"],
-            model_dir=path / MODEL_DIR,
-            recorded=manifest["sha256"],
-        )
+    fetched = Fetched(
+        name=manifest["pipeline"],
+        version=manifest["version"],
+        run_id=manifest["run_id"],
+        model_dir=path / MODEL_DIR,
+        recorded=manifest["sha256"],
     )
+    check_record(fetched, digest)
+    model = load_local(fetched)
     reference = path / REFERENCE
     return dataclasses.replace(model, reference=reference) if reference.exists() else model
 
@@ -109,11 +113,12 @@ def load_or_bundled(
     try:
         return load(settings)
     except ModelUnavailable as exc:
-        tag = bundled(settings.pipeline).get("model")
+        found = bundled(settings.pipeline)
+        tag = found.get("model")
         if tag is None:
             raise
         log.warning("registry unavailable (%s); serving the bundled %s", exc, tag)
-        return load_bundled(tag)
+        return load_bundled(tag, found.get("manifest_sha256"))
 
 
 def main() -> None:
@@ -121,8 +126,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BUNDLE, help="where to write the bundle tag")
     args = parser.parse_args()
     settings = GatewaySettings()
-    tag = bundle(settings)
-    args.out.write_text(json.dumps({"model": tag, "pipeline": settings.pipeline}) + "\n")
+    tag, digest = bundle(settings)
+    found = {"model": tag, "pipeline": settings.pipeline, "manifest_sha256": digest}
+    args.out.write_text(json.dumps(found) + "\n")
     print(f"bundled {tag} → {args.out}")
 
 

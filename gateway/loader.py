@@ -18,7 +18,7 @@ from gateway.batching import check_outputs
 from gateway.errors import ModelUnavailable
 from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
-from trainers.lineage import sha256_tree
+from trainers.lineage import MANIFEST_SHA256, manifest_sha256, sha256_tree
 from trainers.sqlstore import redact
 
 ARTIFACT_HASHES = "lineage/artifact_sha256.json"
@@ -68,6 +68,7 @@ def fetch(settings: GatewaySettings, version: str | None, into: Path) -> Fetched
         source = client.get_model_version_download_uri(name, mv.version)
         hashes = client.download_artifacts(str(mv.run_id), ARTIFACT_HASHES, str(into))
         recorded = json.loads(Path(hashes).read_text())
+        digest = client.get_run(str(mv.run_id)).data.tags.get(MANIFEST_SHA256)
         local = Path(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=source,
@@ -81,7 +82,20 @@ def fetch(settings: GatewaySettings, version: str | None, into: Path) -> Fetched
         raise ModelUnavailable(
             f"cannot load {what} from {redact(settings.tracking_uri)}: {exc.message}"
         ) from exc
-    return Fetched(name, str(mv.version), str(mv.run_id), local, recorded)
+    fetched = Fetched(name, str(mv.version), str(mv.run_id), local, recorded)
+    check_record(fetched, digest)
+    return fetched
+
+
+def check_record(fetched: Fetched, digest: str | None) -> None:
+    """Refuse ``fetched`` unless its recorded sha256 values are those training recorded: their
+    digest is also kept apart from them (the run's ``lineage.manifest_sha256`` tag, a bento's
+    ``bundle.json``), so that editing the record to match edited files is caught too."""
+    if digest is None or manifest_sha256(fetched.recorded) != digest:
+        raise IntegrityError(
+            f"{fetched.name} v{fetched.version}: its recorded sha256 values were edited (their "
+            f"digest is not the {MANIFEST_SHA256} recorded at training: {digest or 'none'})"
+        )
 
 
 def load_local(fetched: Fetched) -> LoadedModel:
