@@ -222,6 +222,10 @@ class GrpcFront:
             str(self.max_message_bytes),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            # Out of the worker's process group: a signal to the group (Ctrl-C, a supervisor
+            # stopping the service) stops the worker, which stops its front on purpose; one
+            # that outlives a killed worker exits by itself (``-parent``).
+            start_new_session=True,
         )
         self.process = process
         output = process.stdout
