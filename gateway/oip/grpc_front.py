@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -50,6 +51,8 @@ from gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 PROGRAM = "gateway-grpc"
 RESTART_S = 1.0
+STOPPED = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
+"""Exit codes of a front that was asked to stop (it exits 0 on SIGTERM and SIGINT)."""
 Unary = tuple[Any, Callable[[Any, Any], Awaitable[Any]]]  # the request's message, the answer
 
 
@@ -255,7 +258,11 @@ class GrpcFront:
             async for line in process.stdout:
                 log.warning("%s", line.decode(errors="replace").rstrip())
             code = await process.wait()
-            log.error("%s exited with code %s; starting it again", PROGRAM, code)
+            if code in STOPPED:  # asked to stop: by the service stopping (then the worker stops
+                # this watch before it restarts anything), or by hand
+                log.info("%s stopped (code %s); starting it again", PROGRAM, code)
+            else:
+                log.error("%s exited with code %s; starting it again", PROGRAM, code)
             while True:
                 await asyncio.sleep(RESTART_S)
                 try:
