@@ -88,7 +88,7 @@ def refusal(core: GatewayCore, method: str, exc: Exception) -> tuple[int, Refuse
     if isinstance(exc, Overloaded):
         core.metrics.safely(lambda: core.metrics.shed.labels(SERVICE + method).inc())
         header = (("retry-after", f"{exc.retry_after:.0f}"),)
-        return 503, Refused(grpc.StatusCode.UNAVAILABLE, f"overloaded: {exc}", header)
+        return 503, Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"overloaded: {exc}", header)
     if isinstance(exc, GatewayError):
         code = CODES.get(exc.status_code, grpc.StatusCode.INTERNAL)
         return exc.status_code, Refused(code, exc.message)
