@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import bentoml
 from bentoml.models import BentoModel
 from pydantic import BaseModel, create_model
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.access import hide_secrets
 from gateway.batching import Overloaded
@@ -30,6 +31,7 @@ from gateway.errors import GatewayError
 from gateway.http import (
     DeclaredBodyLimit,
     PredictionKey,
+    complete_document,
     create_app,
     error_response,
     lineage_headers,
@@ -164,5 +166,21 @@ class Gateway:
         return load_or_bundled(settings, load)
 
 
+class CompletedDocs:
+    """``GET /docs.json``: BentoML's OpenAPI document, completed with the refusals the gateway's
+    routes may answer (:func:`gateway.http.complete_document`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/docs.json" and scope["method"] == "GET":
+            document = Gateway.openapi_spec.asdict()  # type: ignore[attr-defined]
+            await JSONResponse(complete_document(document))(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+Gateway.add_asgi_middleware(CompletedDocs)  # type: ignore[attr-defined]
 Gateway.add_asgi_middleware(DeclaredBodyLimit)  # type: ignore[attr-defined]
 Gateway.add_asgi_middleware(PredictionKey)  # type: ignore[attr-defined]

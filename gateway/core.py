@@ -50,7 +50,7 @@ def parse_json(body: bytes, *, constants: bool = False) -> Any:
         if constants:
             return json.loads(body)
         return json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: nested too deep
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
 
 

@@ -4,9 +4,11 @@ every worker's data plane."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI
@@ -95,16 +97,24 @@ def lineage_headers(answer: Mapping[str, Any]) -> dict[str, str]:
     return {header: str(answer[key]) for key, header in LINEAGE_HEADERS.items()}
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: a refusal may quote what the client sent,
+    lone surrogates included, which UTF-8 cannot encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def error_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, Overloaded):
-        return JSONResponse(
+        return AsciiJSONResponse(
             {"error": f"overloaded: {exc}"},
             status_code=503,
             headers={"retry-after": str(max(1, round(exc.retry_after)))},
         )
     assert isinstance(exc, GatewayError)
     headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return JSONResponse(exc.to_json(), status_code=exc.status_code, headers=headers)
+    return AsciiJSONResponse(exc.to_json(), status_code=exc.status_code, headers=headers)
 
 
 def bearer(request: Request, token: str | None, what: str, *, open_without: bool = False) -> None:
@@ -281,3 +291,67 @@ def _path_parameters(path: str) -> dict[str, Any]:
             for name in names
         ]
     }
+
+
+ERROR_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "description": "what was refused, and why"},
+        "details": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "one entry per field or tensor at fault (the gateway's refusals)",
+        },
+        "detail": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "one entry per field at fault (BentoML's validation on its port)",
+        },
+    },
+}
+"""The body of every refusal: the gateway's (``error``, ``details``) and, for an object that
+BentoML's typed API refused before the gateway saw it, BentoML's (``error``, ``detail``)."""
+
+_PREDICTING = (400, 401, 403, 408, 413, 415, 422, 503)
+_OIP_INFER = (400, 401, 403, 404, 408, 413, 415, 501, 503)
+_OIP_MODEL = (400, 404, 501)
+
+
+def refusal_codes(path: str, method: str) -> tuple[int, ...]:
+    """The statuses besides 200 the gateway may answer on ``path`` (every route: 504, when no
+    answer is ready within ``GATEWAY_REQUEST_TIMEOUT_S``)."""
+    if path in ("/predict", "/predict/bulk"):
+        codes: tuple[int, ...] = _PREDICTING
+    elif path == "/feedback":
+        codes = (*_PREDICTING, 404)
+    elif path == "/admin/reload":
+        codes = (401, 403, 404, 409)
+    elif path in ("/ready", "/v2/health/ready"):
+        codes = (400, 503)
+    elif path.startswith("/v2/models/"):
+        codes = _OIP_INFER if path.endswith("/infer") else _OIP_MODEL
+    else:
+        codes = ()
+    return (*codes, 504) if method.lower() == "post" or codes else (504,)
+
+
+def complete_document(document: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's OpenAPI document with the refusals of the gateway's routes, which BentoML
+    does not know: each status the route may answer (:func:`refusal_codes`), with its body
+    (:data:`ERROR_BODY`), in place of BentoML's generic 400/404/500 on the typed API."""
+    gateway_paths = {*SUMMARIES, "/predict", "/predict/bulk"}
+    for path, item in document.get("paths", {}).items():
+        if path not in gateway_paths:
+            continue
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = {k: v for k, v in operation["responses"].items() if str(k) == "200"}
+            for code in refusal_codes(path, method):
+                responses[str(code)] = {
+                    "description": HTTPStatus(code).phrase,
+                    "content": {"application/json": {"schema": ERROR_BODY}},
+                }
+            operation["responses"] = responses
+    return document

@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2  # type: ignore[import-untyped]
 
 from gateway.access import API_KEY_HEADER, check_secret
 from gateway.batching import Overloaded
@@ -335,6 +336,42 @@ def serialized(reply: Any) -> bytes:
     return reply if isinstance(reply, bytes) else bytes(reply.SerializeToString())
 
 
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+async def _parse(kind: Any, request: bytes, context: Any) -> Any:
+    """``request`` as a ``kind`` message; garbled bytes are the client's error (grpc.aio's own
+    deserializer would answer UNKNOWN)."""
+    try:
+        return kind.FromString(request)
+    except DecodeError as exc:
+        details = f"the request is not a valid {kind.__name__}: {exc}"
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+def parsed(
+    method: Callable[[Any, Any], Awaitable[Any]], kind: Any
+) -> Callable[[bytes, Any], Awaitable[Any]]:
+    """``method`` taking the raw request, parsed as a ``kind`` message first."""
+
+    async def handler(request: bytes, context: Any) -> Any:
+        return await method(await _parse(kind, request, context), context)
+
+    return handler
+
+
+def parsed_stream(
+    method: Callable[[Any, Any], AsyncIterator[Any]], kind: Any
+) -> Callable[[bytes, Any], AsyncIterator[Any]]:
+    """:func:`parsed` for a method that answers with a stream."""
+
+    async def handler(request: bytes, context: Any) -> AsyncIterator[Any]:
+        async for reply in method(await _parse(kind, request, context), context):
+            yield reply
+
+    return handler
+
+
 class GrpcServer:
     """``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` on ``host:port`` from
     the running event loop."""
@@ -346,18 +383,28 @@ class GrpcServer:
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         self.server = grpc.aio.server(options=options)
-        servicer = Servicer(oip)
+        servicer, health = Servicer(oip), Health(oip)
         handlers = {
             method: grpc.unary_unary_rpc_method_handler(
-                getattr(servicer, method),
-                request_deserializer=kind.FromString,
-                response_serializer=serialized,
+                parsed(getattr(servicer, method), kind), response_serializer=serialized
             )
             for method, kind in REQUESTS.items()
         }
-        generic = grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
-        self.server.add_generic_rpc_handlers((generic,))
-        health_pb2_grpc.add_HealthServicer_to_server(Health(oip), self.server)
+        request = health_pb2.HealthCheckRequest
+        checks = {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                parsed(health.Check, request), response_serializer=serialized
+            ),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                parsed_stream(health.Watch, request), response_serializer=serialized
+            ),
+        }
+        self.server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),
+                grpc.method_handlers_generic_handler(HEALTH_SERVICE, checks),
+            )
+        )
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def start(self) -> None:

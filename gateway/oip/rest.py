@@ -87,8 +87,11 @@ def routes(
             raise BadRequest("expected a JSON object with `inputs`")
         tensors = _inputs(payload.get("inputs"), binary)
         wanted, binary_outputs = _outputs(payload)
+        request_id = payload.get("id")
+        if isinstance(request_id, str):
+            _text(request_id, "id")  # echoed in the answer
         inference = await oip.infer(name, version, tensors, wanted)
-        return _response(inference, payload.get("id"), binary_outputs, lineage_headers)
+        return _response(inference, request_id, binary_outputs, lineage_headers)
 
     model_routes: dict[str, Endpoint] = {
         "": model_metadata,
@@ -119,6 +122,19 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     return body[:n], memoryview(body)[n:]
 
 
+def _text(value: str, where: str) -> str:
+    """``value``, refused (naming ``where``) when it cannot be written back as UTF-8: JSON's
+    ``\\ud800`` escapes decode to lone surrogates, and an answer or a refusal that repeats
+    them could not be encoded."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidTensor(
+            where, f"not valid Unicode text: a lone surrogate at position {exc.start}"
+        ) from exc
+    return value
+
+
 def _inputs(given: Any, binary: memoryview) -> list[Tensor]:
     if not isinstance(given, list) or not given:
         raise InvalidTensor("inputs", "expected a non-empty list of input tensors")
@@ -126,10 +142,11 @@ def _inputs(given: Any, binary: memoryview) -> list[Tensor]:
     for i, spec in enumerate(given):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise InvalidTensor(f"inputs.{i}", "expected an object with name, datatype, shape")
-        name = spec["name"]
+        name = _text(spec["name"], f"inputs.{i}.name")
         datatype, shape = spec.get("datatype"), spec.get("shape")
         if not isinstance(datatype, str):
             raise InvalidTensor(name, "datatype must be a string such as FP32, INT64 or BYTES")
+        _text(datatype, f"{name}.datatype")
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
@@ -166,7 +183,7 @@ def _outputs(payload: dict[str, Any]) -> tuple[list[str] | None, set[str] | bool
     for i, entry in enumerate(requested):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidTensor(f"outputs.{i}", "expected an object with a name")
-        wanted.append(entry["name"])
+        wanted.append(_text(entry["name"], f"outputs.{i}.name"))
         params = entry.get("parameters") or {}
         if binary_all or (isinstance(params, dict) and params.get("binary_data") is True):
             binary.add(entry["name"])

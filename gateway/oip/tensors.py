@@ -164,7 +164,7 @@ class Signature:
             return [one]
         known = self.known_inputs
         columns: dict[str, list[Any]] = {}
-        count = None
+        count, counted_by = None, ""
         for tensor in tensors:
             spec = known.get(tensor.name)
             if spec is None:
@@ -176,9 +176,9 @@ class Signature:
             n = _batch(tensor, max_objects)
             if count is not None and n != count:
                 raise InvalidTensor(
-                    tensor.name, f"holds {n} objects but another input holds {count}"
+                    tensor.name, f"holds {n} objects but input {counted_by!r} holds {count}"
                 )
-            count = n
+            count, counted_by = n, tensor.name
             if tensor.datatype not in ACCEPTS[spec.datatype]:
                 expected = EXPECTED.get(spec.datatype, spec.datatype)
                 raise InvalidTensor(

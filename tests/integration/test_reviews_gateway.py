@@ -99,7 +99,7 @@ def test_reload_needs_the_token_and_swaps_to_the_moved_alias(
     with serving(store, reload_token="s3cret") as guarded:
         assert guarded.post("/admin/reload").status_code == 401
         wrong = guarded.post("/admin/reload", headers={"authorization": "Bearer nope"})
-        assert wrong.status_code == 401
+        assert wrong.status_code == 403
         auth = {"authorization": "Bearer s3cret"}
         unchanged = guarded.post("/admin/reload", headers=auth).json()
         assert unchanged["swapped"] is False
