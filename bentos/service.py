@@ -103,7 +103,12 @@ app = create_app(_current_core)
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(name="lineage_gateway", workers=1)
+# BentoML's own port gets the data plane's answer deadline too (its ``traffic.timeout``).
+@bentoml.service(
+    name="lineage_gateway",
+    workers=1,
+    traffic={"timeout": GatewaySettings().request_timeout_s},
+)
 class Gateway:
     # A pinned BentoModel is what `bentoml build` copies into the bento.
     if (_tag := bundled().get("model")) is not None:
