@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -102,7 +103,7 @@ class Batcher(Generic[I, O]):
         self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=thread_name)
         self._slots = asyncio.Semaphore(in_flight)
         self._task: asyncio.Task[None] | None = None
-        self._batches: set[asyncio.Task[None]] = set()
+        self._batches: set[asyncio.Future[Sequence[O]]] = set()
         self._batch_s = 0.001  # running estimate of one batch's time, for Retry-After
 
     @property
@@ -141,9 +142,17 @@ class Batcher(Generic[I, O]):
         batches_ahead = len(self._pending) / self.max_batch_size + 1
         return max(1.0, round(batches_ahead * self._batch_s, 1))
 
+    def check_room(self) -> None:
+        """Raise :class:`Overloaded` while the queue is full: a caller sheds a request before it
+        spends anything (reading, parsing, validating) on one that would be refused anyway."""
+        if len(self._pending) >= self.max_queue:
+            raise Overloaded(len(self._pending), self.max_queue, self._retry_after())
+
     async def submit(self, items: Sequence[I]) -> list[O]:
-        """Queue ``items`` (one or many) and wait for their answers, in order."""
-        if len(self._pending) + len(items) > self.max_queue:
+        """Queue ``items`` (one or many) and wait for their answers, in order. Refused while
+        they would take the queue past its limit, unless it is empty (a request larger than the
+        limit would otherwise never be answered)."""
+        if self._pending and len(self._pending) + len(items) > self.max_queue:
             raise Overloaded(len(self._pending), self.max_queue, self._retry_after())
         loop = asyncio.get_running_loop()
         entries = [_Pending[I, O](item, loop.create_future()) for item in items]
@@ -154,6 +163,7 @@ class Batcher(Generic[I, O]):
         return list(await asyncio.gather(*(e.future for e in entries)))
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._slots.acquire()  # while every slot is busy, the next batch keeps filling
             try:
@@ -161,13 +171,13 @@ class Batcher(Generic[I, O]):
             except BaseException:
                 self._slots.release()
                 raise
-            task = asyncio.get_running_loop().create_task(self._run(batch), name="batch")
-            self._batches.add(task)
-            task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._batches.discard(task)
-        self._slots.release()
+            # Straight to the batch thread, and answered from its done callback: no task to
+            # schedule in between. Each event-loop turn a batch waits for is a turn of every
+            # connection's work, which under a flood of requests is most of its latency.
+            started = time.perf_counter()
+            running = loop.run_in_executor(self._executor, self.run_batch, [e.item for e in batch])
+            self._batches.add(running)
+            running.add_done_callback(functools.partial(self._answer, batch, started))
 
     async def _next_batch(self) -> list[_Pending[I, O]]:
         """Wait until a batch is full or its oldest item is due, then take it."""
@@ -190,22 +200,23 @@ class Batcher(Generic[I, O]):
             if batch:
                 return batch
 
-    async def _run(self, batch: list[_Pending[I, O]]) -> None:
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
+    def _answer(
+        self, batch: list[_Pending[I, O]], started: float, running: asyncio.Future[Sequence[O]]
+    ) -> None:
+        """Give each caller of ``batch`` its output, or the batch's error."""
+        self._batches.discard(running)
+        self._slots.release()
+        run_s = time.perf_counter() - started
+        self._batch_s = 0.8 * self._batch_s + 0.2 * run_s
         try:
-            outputs = await loop.run_in_executor(
-                self._executor, self.run_batch, [e.item for e in batch]
-            )
+            outputs = running.result()
             check_outputs(batch, outputs)
-        except Exception as exc:  # every caller of the batch gets the error
+        except BaseException as exc:  # every caller of the batch gets the error
+            error = RuntimeError("server is shutting down") if running.cancelled() else exc
             for entry in batch:
                 if not entry.future.done():
-                    entry.future.set_exception(exc)
+                    entry.future.set_exception(error)
             return
-        finally:
-            run_s = time.perf_counter() - started
-            self._batch_s = 0.8 * self._batch_s + 0.2 * run_s
         for entry, output in zip(batch, outputs, strict=True):
             if not entry.future.done():
                 entry.future.set_result(output)

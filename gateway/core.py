@@ -176,6 +176,10 @@ class GatewayCore:
         self.predictions = self.served.predictions = predictions
 
     # -- requests ---------------------------------------------------------------------------
+    def shed_if_full(self) -> None:
+        """Refuse (:class:`Overloaded`) before any work while the serving queue is full."""
+        self.served.batcher.check_room()
+
     async def answer(self, validate: Callable[[LoadedModel], list[BaseModel]]) -> Answered:
         """Validate with ``validate`` against the model serving now, answer the objects in its
         batches and log them: the one path behind every protocol."""

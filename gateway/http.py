@@ -93,6 +93,38 @@ class DeclaredBodyLimit:
         await self.app(scope, receive, send)
 
 
+class ShedWhenFull:
+    """ASGI middleware for the data plane: while the serving queue is full, a prediction gets
+    503 + Retry-After before anything routes, reads or parses it. Under a flood, refusals are
+    most of the work, and the cheaper they are the more of the event loop is left to the
+    requests that were let in."""
+
+    def __init__(self, app: ASGIApp, get_core: Callable[[], GatewayCore]) -> None:
+        self.app = app
+        self.get_core = get_core
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_prediction(scope["method"], scope["path"]):
+            core = self.get_core()
+            try:
+                core.shed_if_full()
+            except Overloaded as exc:
+                await error_response(exc)(scope, receive, send)
+                route = _route_of(scope["path"])
+                core.metrics.safely(lambda: core.metrics.shed.labels(route).inc())
+                core.metrics.safely(lambda: core.metrics.served(route, 503, 0.0))
+                return
+        await self.app(scope, receive, send)
+
+
+def _route_of(path: str) -> str:
+    """The route template of a prediction path (a model's name in a path is the client's)."""
+    if path.startswith("/v2/models/"):
+        versioned = "/versions/" in path
+        return f"/v2/models/{{name}}{'/versions/{version}' if versioned else ''}/infer"
+    return path
+
+
 def lineage_headers(answer: Mapping[str, Any]) -> dict[str, str]:
     return {header: str(answer[key]) for key, header in LINEAGE_HEADERS.items()}
 
@@ -182,6 +214,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
     ) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             core = get_core()
+            core.shed_if_full()
             payload = await json_body(request, core.settings.max_body_bytes)
             answer = await call(core, payload)
             headers = lineage_headers(answer)
@@ -242,7 +275,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         core = get_core()
         lean = Starlette(routes=[Route(p, h, methods=[m]) for (p, m), h in handlers.items()])
-        worker = Worker(core, PredictionKey(lean, core.settings.api_key))
+        worker = Worker(core, ShedWhenFull(PredictionKey(lean, core.settings.api_key), get_core))
         try:
             await worker.start()
             shed_by = tuple(path for path, _ in predict_routes)  # the routes that can shed

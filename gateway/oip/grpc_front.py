@@ -32,6 +32,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2  # type: ignore[import-untyped]
 
+from gateway.batching import Overloaded
 from gateway.oip import frames
 from gateway.oip import grpc_predict_v2_pb2 as pb
 from gateway.oip.grpc_server import (
@@ -43,6 +44,7 @@ from gateway.oip.grpc_server import (
     Health,
     Refused,
     Servicer,
+    refusal,
     serialized,
 )
 from gateway.oip.service import Oip
@@ -117,7 +119,16 @@ class Link(asyncio.Protocol):
         task.add_done_callback(self.tasks.discard)
 
     async def answer_together(self, calls: list[tuple[int, bytes]]) -> None:
-        """The ``ModelInfer`` calls of one read, through :meth:`Servicer.infer_together`."""
+        """The ``ModelInfer`` calls of one read, through :meth:`Servicer.infer_together`;
+        all refused before they are parsed while the queue is full."""
+        core = self.servicer.oip.get_core()
+        try:
+            core.shed_if_full()
+        except Overloaded as exc:
+            _, refused = refusal(core, "ModelInfer", exc)
+            for call, _ in calls:
+                self.send(call, refused.code, refused.details, refused.header)
+            return
         parsed, requests = [], []
         for call, request in calls:
             message = self.parse(call, pb.ModelInferRequest, request)

@@ -79,8 +79,9 @@ def routes(
                 f"content-type must be application/json (or application/octet-stream with "
                 f"{HEADER_LENGTH}), got {content_type!r}"
             )
-        limit = oip.get_core().settings.max_body_bytes
-        body = await read_body(request, limit)
+        core = oip.get_core()
+        core.shed_if_full()
+        body = await read_body(request, core.settings.max_body_bytes)
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         payload = parse_json(header, constants=True)
         if not isinstance(payload, dict):
