@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # BentoML's usage analytics would try to reach the internet from every server start.
 export BENTOML_DO_NOT_TRACK = true
 
-.PHONY: install serve test lint bento bench bench-gpu tools proto grpc-front grpc-load k8s
+.PHONY: install serve test lint bento bench soak bench-gpu tools proto grpc-front grpc-load k8s
 
 # torch first, pinned: the CPU wheel on local disk; an open range would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -68,6 +68,12 @@ bento: install
 # Not part of `make test`: throughput and latency against mlflow models serve and plain BentoML.
 bench: install tools grpc-front grpc-load
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m loadtests.bench $(BENCH_ARGS)
+
+# Not part of `make test`: locust at 80 % of the capacity it measures first, for SOAK_MINUTES
+# (default 10), then a burst past it (loadtests/soak.py); exits non-zero when a bound fails.
+soak: install tools grpc-front grpc-load
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m loadtests.soak \
+		$(if $(SOAK_MINUTES),--minutes $(SOAK_MINUTES)) $(SOAK_ARGS)
 
 # The reviews transformer at its GPU size, through the gateway, against the raw model and plain
 # BentoML (loadtests/bench_gpu.py); on a machine without CUDA, a smoke run of a tiny model.

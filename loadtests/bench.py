@@ -195,6 +195,11 @@ def wrk(
         text=True,
         check=True,
     ).stdout
+    return wrk_figures(out)
+
+
+def wrk_figures(out: str) -> tuple[float, float, float, int]:
+    """(ok req/s, p50 ms, p99 ms, errors) from the output of a ``wrk --latency`` run."""
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     took = re.search(r"requests in ([\d.]+)(ms|s|m|h)", out)
     assert took is not None, out

@@ -1,6 +1,8 @@
 """Locust load tests of a served pipeline: one user class per protocol.
 
-- ``BusinessJsonUser``: ``POST /predict`` with one business object (and now and then a bulk call)
+- ``BusinessJsonUser``: ``POST /predict`` with one business object (and now and then a bulk call;
+  ``--bulk-share`` and ``--bulk-size`` change the mix, ``--pace`` gives each user a constant
+  request rate: the soak, ``loadtests/soak.py``, drives it at a chosen arrival rate that way)
 - ``OipHttpUser``: ``POST /v2/models/<pipeline>/infer`` with one object as JSON tensors
 - ``OipGrpcUser``: ``ModelInfer`` over gRPC with tritonclient, one object per call
 
@@ -15,9 +17,11 @@ Pick classes by naming them at the end of the command line (``OipGrpcUser``, say
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import gevent  # type: ignore[import-untyped]
@@ -27,12 +31,13 @@ grpc_gevent.init_gevent()  # before any channel: gRPC calls must yield to other 
 
 import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
-from locust import FastHttpUser, User, events, task  # noqa: E402
+from locust import FastHttpUser, User, constant_throughput, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
-from locust.runners import LocalRunner  # noqa: E402
+from locust.runners import LocalRunner, WorkerRunner  # noqa: E402
 
 POOL_SIZE = 2000
 BULK_SIZE = 50
+BULK_SHARE = 1 / 21  # of BusinessJsonUser's calls: one bulk call in 21
 NUMPY = {"FP32": np.float32, "INT64": np.int64, "BOOL": np.bool_}
 
 
@@ -42,6 +47,23 @@ def _arguments(parser: Any) -> None:
     parser.add_argument("--grpc-host", default="127.0.0.1:3002", help="the gRPC host:port")
     parser.add_argument("--shift", type=float, default=0.0, help="population shift, 0 to 1")
     parser.add_argument("--seed", type=int, default=0, help="seed of the object pool")
+    parser.add_argument(
+        "--bulk-share", type=float, default=BULK_SHARE, help="BusinessJsonUser: bulk calls' share"
+    )
+    parser.add_argument(
+        "--bulk-size", type=int, default=BULK_SIZE, help="BusinessJsonUser: objects per bulk call"
+    )
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        help="BusinessJsonUser: calls per second of each user (0: each call right after the last)",
+    )
+    parser.add_argument(
+        "--final-stats",
+        default="",
+        help="write the run's statistics here as JSON once every user has stopped",
+    )
 
 
 class Traffic:
@@ -87,6 +109,25 @@ def _prepare(environment: Environment, **_: Any) -> None:
     Traffic.prepare(environment)  # a distributed worker, whose options arrive with the run
 
 
+@events.init.add_listener  # type: ignore[untyped-decorator]
+def _final_stats(environment: Environment, runner: Any, **_: Any) -> None:
+    """``--final-stats``: every request of the run, per name and in all, written once every
+    user has stopped. Locust's ``--csv`` files keep its last periodic write, up to a second
+    before the run ends, and miss what came after."""
+    options = environment.parsed_options
+    if options is None or not options.final_stats or isinstance(runner, WorkerRunner):
+        return
+
+    def write(**_: Any) -> None:
+        stats = environment.stats
+        entries = [entry.serialize() for entry in stats.entries.values()]
+        found = {"entries": entries, "total": stats.total.serialize()}
+        Path(options.final_stats).write_text(json.dumps(found))
+
+    # fired after the users have stopped
+    environment.events.quit.add_listener(write)  # type: ignore[no-untyped-call]
+
+
 def present(metadata: list[dict[str, Any]], item: dict[str, Any]) -> list[dict[str, Any]]:
     """The object's fields as the OIP input tensors of one object: the metadata of each, with
     its ``value``; an optional field the object lacks is left out."""
@@ -100,18 +141,28 @@ def present(metadata: list[dict[str, Any]], item: dict[str, Any]) -> list[dict[s
 
 
 class BusinessJsonUser(FastHttpUser):
-    """The business-JSON API: what a product team's service calls."""
+    """The business-JSON API: what a product team's service calls. Each call is a bulk call of
+    ``--bulk-size`` objects with probability ``--bulk-share``, else one object; with ``--pace``,
+    each user makes that many calls per second (locust's ``constant_throughput``: a call that
+    takes longer than its share of the second is followed by the next at once)."""
 
-    @task(20)
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.bulk_share: float = options.bulk_share
+        self.bulk_size: int = options.bulk_size
+        self.bulk_name = f"/predict/bulk ({self.bulk_size})"
+        self.paced = constant_throughput(options.pace) if options.pace > 0 else None
+
+    def wait_time(self) -> float:
+        return 0.0 if self.paced is None else float(self.paced(self))
+
+    @task
     def predict(self) -> None:
-        self.client.post("/predict", json={Traffic.key: Traffic.pick()}, name="/predict")
-
-    @task(1)
-    def bulk(self) -> None:
-        items = [Traffic.pick() for _ in range(BULK_SIZE)]
-        self.client.post(
-            "/predict/bulk", json={f"{Traffic.key}s": items}, name=f"/predict/bulk ({BULK_SIZE})"
-        )
+        if random.random() >= self.bulk_share:
+            self.client.post("/predict", json={Traffic.key: Traffic.pick()}, name="/predict")
+            return
+        items = [Traffic.pick() for _ in range(self.bulk_size)]
+        self.client.post("/predict/bulk", json={f"{Traffic.key}s": items}, name=self.bulk_name)
 
 
 class OipHttpUser(FastHttpUser):
