@@ -9,7 +9,8 @@ recorded in the store (the follow of a promoted version included), and the monit
 alert meanwhile. A controller that takes over from one that died adopts the retrains left
 running: it reads their outcome from their MLflow run (found by its trigger tag) instead of
 from the process. A failed or rejected retrain leaves the champion serving; it is logged,
-counted, recorded (and by the gate in MLflow), and the next alert may retrain again.
+counted, recorded (and by the gate in MLflow; a run whose process died without ending it is
+marked FAILED), and the next alert may retrain again.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -32,6 +33,10 @@ from gateway.metrics import GatewayMetrics
 from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
 from gateway.store import Store
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 TRIGGER_TAG = "lineage.trigger"  # what `trainers` records as the reason of a run
@@ -250,6 +255,7 @@ class RetrainLoop:
             log.error(
                 "alert %s: retrain failed, %s; v%s keeps serving", trigger, detail, model.version
             )
+            await asyncio.to_thread(self._end_run, model.name, trigger)
             await self._finished(trigger, model, "failed", detail, None)
             return
         await self._decided(trigger, model, f"after {elapsed:.0f} s")
@@ -289,20 +295,29 @@ class RetrainLoop:
                     else ("its process is gone" if gone else "it did not finish in time")
                 )
                 log.error("alert %s: the adopted retrain failed (%s)", trigger, why)
+                if gone:
+                    await asyncio.to_thread(self._end_run, model.name, trigger)
                 await self._finished(trigger, model, "failed", f"adopted: {why}", None)
                 return
             await asyncio.sleep(ADOPTED_POLL_S)
 
     def _run_state(self, name: str, trigger: str) -> str | None:
         """The status of the MLflow run the retrain ``trigger`` made (None: none yet)."""
-        client = self.settings.mlflow()
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            return None
-        runs = client.search_runs(
-            [experiment.experiment_id], f"tags.`{TRIGGER_TAG}` = '{trigger}'", max_results=1
-        )
-        return str(runs[0].info.status) if runs else None
+        run = _retrain_run(self.settings.mlflow(), name, trigger)
+        return str(run.info.status) if run is not None else None
+
+    def _end_run(self, name: str, trigger: str) -> None:
+        """Mark FAILED the MLflow run of a retrain whose process died without ending it (kill
+        -9, out of memory), which would otherwise stay RUNNING for ever. Best effort: the
+        outcome recorded in the store is what the loop goes by."""
+        try:
+            client = self.settings.mlflow()
+            run = _retrain_run(client, name, trigger)
+            if run is not None and run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "FAILED")
+                log.warning("alert %s: its run %s marked FAILED", trigger, run.info.run_id)
+        except Exception as exc:
+            log.warning("alert %s: could not mark its MLflow run FAILED: %s", trigger, exc)
 
     def _decision(self, name: str, trigger: str) -> tuple[str, str | None]:
         """What the gate decided for the version the retrain ``trigger`` registered."""
@@ -328,6 +343,17 @@ class RetrainLoop:
 
     def _count(self, model: LoadedModel, result: str) -> None:
         self.metrics.safely(lambda: self.metrics.retrains.labels(model.name, result).inc())
+
+
+def _retrain_run(client: MlflowClient, name: str, trigger: str) -> Run | None:
+    """The MLflow run the retrain ``trigger`` made (None: none yet)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.`{TRIGGER_TAG}` = '{trigger}'", max_results=1
+    )
+    return runs[0] if runs else None
 
 
 def _alive(pid: Any) -> bool:
