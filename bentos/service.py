@@ -38,7 +38,7 @@ from gateway.http import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.model import LoadedModel
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, fail_fast_tracking
 from trainers import pipelines
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ class Gateway:
     def __init__(self) -> None:
         settings = GatewaySettings(pipeline=CONTRACT.name)
         hide_secrets(settings)
+        fail_fast_tracking()
         self.core = GatewayCore(self._load(settings), settings, GatewayMetrics())
 
     @_api("/predict", KEY, CONTRACT.Input, Answer)

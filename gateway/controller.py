@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.access import hide_secrets
-from gateway.core import record_feedback
+from gateway.core import keep_polling, record_feedback
 from gateway.errors import (
     GatewayError,
     InvalidInput,
@@ -47,7 +47,7 @@ from gateway.loop import RetrainLoop
 from gateway.metrics import GatewayMetrics
 from gateway.model import LoadedModel
 from gateway.monitor import DriftMonitor
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, fail_fast_tracking
 from gateway.store import Store
 from trainers.sqlstore import StoreError, redact
 
@@ -113,7 +113,7 @@ class Controller:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.active:
-            await self._stand_by()
+            await self._stand_by(why="stopping")
             with suppress(Exception):
                 await asyncio.to_thread(self.store.let_go, self.lease, self.me)
         await self.loop.stop()
@@ -150,8 +150,11 @@ class Controller:
         except Exception:
             log.exception("could not adopt the retrains left running")
 
-    async def _stand_by(self) -> None:
-        log.warning("controller %s: standing by (lease %s lost)", self.me, self.lease)
+    async def _stand_by(self, why: str = "") -> None:
+        if why:
+            log.info("controller %s: %s; releasing lease %s", self.me, why, self.lease)
+        else:
+            log.warning("controller %s: standing by (lease %s lost)", self.me, self.lease)
         self.active = False
         self._gauge(0)
         if self.monitor is not None:
@@ -179,12 +182,11 @@ class Controller:
             return f"v{current.version} → v{version}"
 
     async def _watch_alias(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.poll_interval_s)
-            try:
-                await self.follow()
-            except Exception as exc:
-                log.warning("controller: cannot follow %s: %s", self.settings.model_uri, exc)
+        async def use(_: str) -> None:
+            return None
+
+        what = f"{self.settings.model_uri} (controller)"
+        await keep_polling(self.follow, use, self.settings.poll_interval_s, what, log)
 
     def status(self) -> dict[str, Any]:
         model = self.model
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     settings = GatewaySettings()
     hide_secrets(settings)
+    fail_fast_tracking()
     controller = Controller(settings, GatewayMetrics())
     uvicorn.run(
         create_app(controller),

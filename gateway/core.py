@@ -8,7 +8,7 @@ import gc
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from gateway.errors import (
     GatewayError,
     InvalidInput,
     InvalidTensor,
+    ModelUnavailable,
     StoreUnavailable,
     Unavailable,
 )
@@ -262,8 +263,9 @@ class GatewayCore:
                     lambda: self.metrics.swaps.labels(current.model.name, "refused").inc()
                 )
                 log.error("refused to swap to %s: %s", version or self.settings.model_uri, exc)
-                if version is not None:  # the watcher will not retry it until the alias moves
-                    self._refused = version
+                if version is not None and type(exc) is not ModelUnavailable:
+                    self._refused = version  # not retried until the alias moves (a registry
+                    # out of reach, plain ModelUnavailable, is retried at the next read)
                 return {"swapped": False, "error": str(exc), **current.lineage}
             if model.version == current.model.version:
                 return {"swapped": False, **current.lineage}
@@ -301,34 +303,46 @@ class GatewayCore:
 
     async def _follow_alias(self) -> None:
         """Poll the registry alias; swap when it moves. A registry that cannot be read changes
-        nothing: the watcher says so once, waits twice as long after each failure (up to
-        :data:`MAX_BACKOFF_S`), and says once when it reads the alias again."""
-
+        nothing (:func:`keep_polling`)."""
         client = self.settings.mlflow()
         name, alias = self.settings.pipeline, self.settings.alias
-        interval = wait = self.settings.poll_interval_s
-        failing = False
-        while True:
-            await asyncio.sleep(wait)
-            try:
-                mv = await asyncio.to_thread(client.get_model_version_by_alias, name, alias)
-            except Exception as exc:
-                if not failing:
-                    log.warning(
-                        "cannot read %s@%s, still serving v%s; retrying with back-off: %s",
-                        name,
-                        alias,
-                        self.served.model.version,
-                        _first_line(exc),
-                    )
-                failing, wait = True, min(max(wait * 2, interval), MAX_BACKOFF_S)
-                continue
-            if failing:
-                log.info("reading %s@%s again", name, alias)
-            failing, wait = False, interval
-            version = str(mv.version)
+
+        async def read() -> str:
+            mv = await asyncio.to_thread(client.get_model_version_by_alias, name, alias)
+            return str(mv.version)
+
+        async def use(version: str) -> None:
             if version not in (self.served.model.version, self._refused):
                 await self.swap(version)
+
+        what = f"{name}@{alias}"
+        await keep_polling(read, use, self.settings.poll_interval_s, what, log)
+
+
+async def keep_polling(
+    read: Callable[[], Awaitable[T]],
+    use: Callable[[T], Awaitable[None]],
+    interval: float,
+    what: str,
+    logger: logging.Logger,
+) -> None:
+    """Every ``interval`` seconds, ``use`` what ``read`` returns. While ``read`` fails, say so
+    once, wait twice as long after each failure (up to :data:`MAX_BACKOFF_S`), and say once
+    when it reads again: an outage is two log lines, whatever its length."""
+    wait, failing = interval, False
+    while True:
+        await asyncio.sleep(wait)
+        try:
+            value = await read()
+        except Exception as exc:
+            if not failing:
+                logger.warning("cannot read %s; retrying with back-off: %s", what, _first_line(exc))
+            failing, wait = True, min(max(wait * 2, interval), MAX_BACKOFF_S)
+            continue
+        if failing:
+            logger.info("reading %s again", what)
+        failing, wait = False, interval
+        await use(value)
 
 
 def _first_line(exc: Exception) -> str:
