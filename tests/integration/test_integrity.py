@@ -59,41 +59,37 @@ def test_a_changed_model_is_refused_from_the_registry(
     assert expected in str(refused.value)
 
 
+def python(home: Path, store: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """This checkout's Python with ``args``, on the BentoML store at ``home``."""
+    env = {**os.environ, "BENTOML_HOME": str(home), "GATEWAY_TRACKING_URI": store}
+    return subprocess.run(
+        [str(VENV_BIN / "python"), *args],
+        cwd=REPO,
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 def bundled_load(home: Path, store: str, bundle_json: Path) -> subprocess.CompletedProcess[str]:
     """Load the bundle named by ``bundle_json`` from the BentoML store at ``home``, as a bento's
     service does when the registry is out of reach."""
     script = (
-        "import json, sys\n"
+        "import json\n"
         "from gateway.bundle import load_bundled\n"
         f"found = json.loads(open({str(bundle_json)!r}).read())\n"
         "model = load_bundled(found['model'], found.get('manifest_sha256'))\n"
         "print('loaded', model.name, model.version)\n"
     )
-    env = {**os.environ, "BENTOML_HOME": str(home), "GATEWAY_TRACKING_URI": store}
-    return subprocess.run(
-        [str(VENV_BIN / "python"), "-c", script],
-        cwd=REPO,
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return python(home, store, "-c", script)
 
 
 def test_a_changed_bundle_is_refused(store: str, loans_data: Path, tmp_path: Path) -> None:
     train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
     home, bundle_json = tmp_path / "bentoml", tmp_path / "bundle.json"
-    env = {**os.environ, "BENTOML_HOME": str(home), "GATEWAY_TRACKING_URI": store}
-    made = subprocess.run(
-        [str(VENV_BIN / "python"), "-m", "gateway.bundle", "--out", str(bundle_json)],
-        cwd=REPO,
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    made = python(home, store, "-m", "gateway.bundle", "--out", str(bundle_json))
     assert made.returncode == 0, made.stderr
     assert "loaded loans 1" in bundled_load(home, store, bundle_json).stdout
 
