@@ -37,7 +37,6 @@ import numpy as np
 from pydantic import BaseModel
 from tritonclient.grpc import service_pb2
 
-from gateway.oip.grpc_server import CONTENTS
 from gateway.oip.tensors import NUMPY_TYPES, specs_of
 from trainers import pipelines
 
@@ -1283,6 +1282,22 @@ def wire_valid(t: Target) -> dict[str, list[Wire]]:
 
 
 # -- gRPC ----------------------------------------------------------------------------------------
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+"""Where a typed ``InferTensorContents`` holds each datatype (FP16 has no field of its own;
+the same map as the server's, which cannot be imported beside tritonclient's protos)."""
 INVALID = frozenset({"INVALID_ARGUMENT"})
 NOT_FOUND = frozenset({"NOT_FOUND"})
 
