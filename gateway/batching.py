@@ -89,6 +89,7 @@ class Batcher(Generic[I, O]):
         weight: Callable[[I], int] | None = None,
         in_flight: int = 1,
         thread_name: str = "device",
+        on_full: Callable[[bool], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < max_batch_size or in_flight < 1:
             raise ValueError("need 1 <= max_batch_size <= max_queue and in_flight >= 1")
@@ -105,6 +106,8 @@ class Batcher(Generic[I, O]):
         self._task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Future[Sequence[O]]] = set()
         self._batch_s = 0.001  # running estimate of one batch's time, for Retry-After
+        self.on_full = on_full  # told when the queue fills up (True) and has room again (False)
+        self.full = False
 
     @property
     def queued(self) -> int:
@@ -131,6 +134,7 @@ class Batcher(Generic[I, O]):
             if not entry.future.done():
                 entry.future.set_exception(RuntimeError("server is shutting down"))
         self._pending.clear()
+        self._tell_full()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _count(self) -> int:
@@ -142,11 +146,27 @@ class Batcher(Generic[I, O]):
         batches_ahead = len(self._pending) / self.max_batch_size + 1
         return max(1.0, round(batches_ahead * self._batch_s, 1))
 
+    def _tell_full(self) -> None:
+        """Tell ``on_full`` when the queue's fullness (what :meth:`check_room` refuses on) has
+        changed: a transport that sheds before reading a request learns it once, not per call."""
+        full = len(self._pending) >= self.max_queue
+        if full != self.full:
+            self.full = full
+            if self.on_full is not None:
+                try:
+                    self.on_full(full)
+                except Exception:  # a listener never fails a request
+                    log.exception("queue listener failed")
+
+    def overload(self) -> Overloaded:
+        """The refusal of a request that finds the queue full."""
+        return Overloaded(len(self._pending), self.max_queue, self._retry_after())
+
     def check_room(self) -> None:
         """Raise :class:`Overloaded` while the queue is full: a caller sheds a request before it
         spends anything (reading, parsing, validating) on one that would be refused anyway."""
         if len(self._pending) >= self.max_queue:
-            raise Overloaded(len(self._pending), self.max_queue, self._retry_after())
+            raise self.overload()
 
     async def submit(self, items: Sequence[I]) -> list[O]:
         """Queue ``items`` (one or many) and wait for their answers, in order. Refused while
@@ -158,6 +178,8 @@ class Batcher(Generic[I, O]):
         entries = [_Pending[I, O](item, loop.create_future()) for item in items]
         self._pending.extend(entries)
         self._wake.set()
+        if len(self._pending) >= self.max_queue:
+            self._tell_full()
         if len(entries) == 1:  # a single object, the common case: no gathering future needed
             return [await entries[0].future]
         return list(await asyncio.gather(*(e.future for e in entries)))
@@ -196,6 +218,8 @@ class Batcher(Generic[I, O]):
                 ):
                     continue  # more arrived but the batch is neither full nor due: keep waiting
             batch = take_batch(self._pending, self.max_batch_size, self.weight)
+            if self.full:
+                self._tell_full()
             batch = [e for e in batch if not e.future.done()]  # callers that gave up
             if batch:
                 return batch

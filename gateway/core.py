@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.batching import Batcher, BatchStats, check_outputs
+from gateway.batching import Batcher, BatchStats, Overloaded, check_outputs
 from gateway.device import Device, make_device
 from gateway.errors import (
     BadRequest,
@@ -65,6 +65,8 @@ class Served:
         metrics: GatewayMetrics,
         device: Device,
         predictions: PredictionLog | None = None,
+        *,
+        on_full: Callable[[bool], None] | None = None,
     ) -> None:
         self.model = model
         self.metrics = metrics
@@ -83,6 +85,7 @@ class Served:
             max_queue=settings.max_queue,
             on_batch=self.record_batch,
             in_flight=device.in_flight,
+            on_full=on_full,
         )
 
     def run_batch(self, items: list[BaseModel]) -> list[Answer]:
@@ -144,7 +147,9 @@ class GatewayCore:
         self.loader = loader or _from_registry
         self.device = make_device(settings, metrics, model)
         self.device.offer(model)
-        self.served = Served(model, settings, metrics, self.device)
+        self.fullness: list[Callable[[bool], None]] = []
+        """Told when the serving queue fills up (True) and has room again (False)."""
+        self.served = Served(model, settings, metrics, self.device, on_full=self._tell_full)
         self.ready = False
         self._swap_lock = asyncio.Lock()
         self._refused: str | None = None  # a version that failed; retried only on reload
@@ -180,6 +185,14 @@ class GatewayCore:
     def shed_if_full(self) -> None:
         """Refuse (:class:`Overloaded`) before any work while the serving queue is full."""
         self.served.batcher.check_room()
+
+    def _tell_full(self, full: bool) -> None:
+        for listener in self.fullness:
+            listener(full)
+
+    def overload(self) -> Overloaded:
+        """The refusal of a request that finds the serving queue full."""
+        return self.served.batcher.overload()
 
     async def answer(self, validate: Callable[[LoadedModel], list[BaseModel]]) -> Answered:
         """Validate with ``validate`` against the model serving now, answer the objects in its
@@ -271,9 +284,19 @@ class GatewayCore:
                 return {"swapped": False, **current.lineage}
             self._refused = None
             self.device.offer(model)
-            fresh = Served(model, self.settings, self.metrics, self.device, self.predictions)
+            fresh = Served(
+                model,
+                self.settings,
+                self.metrics,
+                self.device,
+                self.predictions,
+                on_full=self._tell_full,
+            )
             fresh.batcher.start()
+            current.batcher.on_full = None  # the fresh queue, empty, is the one that counts now
             self.served = fresh
+            if current.batcher.full:
+                self._tell_full(False)
             self._show(model, 1)
             self._show(current.model, 0)
             rollback = int(model.version) < int(current.model.version)

@@ -11,6 +11,10 @@
 // (grpc.health.v1.Health/Check), so the worker decides health as it decides ServerReady. Watch,
 // a stream, is not carried: it is Unimplemented, which the health protocol lets a server say.
 //
+// While the worker's queue is full it says so (a frame with call id 0), and ModelInfer calls are
+// refused here, before they are read: a shed call costs the worker nothing. The front counts them
+// back to the worker for its metrics.
+//
 // The frames on the socket are laid out in gateway/oip/frames.py.
 package main
 
@@ -48,6 +52,8 @@ const (
 	healthWatch = "/grpc.health.v1.Health/Watch"
 	infer       = service + "ModelInfer"
 	apiKeyName  = "x-api-key"
+	stateID     = 0 // the call id of the queue-state frames; calls are numbered from 1
+	shedMethod  = "shed"
 )
 
 // message is a protobuf message left as bytes: the worker parses and writes them.
@@ -79,6 +85,8 @@ type worker struct {
 	mu      sync.Mutex
 	pending map[uint64]chan reply
 	apiKey  string
+	full    atomic.Pointer[reply] // the refusal of every ModelInfer while the queue is full
+	shed    atomic.Uint64         // calls refused so, not yet counted back to the worker
 }
 
 func newWorker(conn net.Conn) *worker {
@@ -127,6 +135,15 @@ func (w *worker) read() {
 		if err != nil {
 			log.Fatalf("gateway-grpc: %v", err)
 		}
+		if id == stateID {
+			if r.code == codes.OK {
+				w.full.Store(nil)
+				w.countShed()
+			} else {
+				w.full.Store(&r)
+			}
+			continue
+		}
 		w.mu.Lock()
 		waiting, ok := w.pending[id]
 		delete(w.pending, id)
@@ -160,19 +177,30 @@ func parseReply(frame []byte) (uint64, reply, error) {
 	return id, r, nil
 }
 
-func (w *worker) call(ctx context.Context, method string, request []byte) (reply, error) {
-	id := atomic.AddUint64(&w.next, 1)
-	waiting := make(chan reply, 1)
-	w.mu.Lock()
-	w.pending[id] = waiting
-	w.mu.Unlock()
+func callFrame(id uint64, method string, request []byte) []byte {
 	frame := make([]byte, 13+len(method)+len(request))
 	binary.BigEndian.PutUint32(frame, uint32(len(frame)-4))
 	binary.BigEndian.PutUint64(frame[4:], id)
 	frame[12] = byte(len(method))
 	copy(frame[13:], method)
 	copy(frame[13+len(method):], request)
-	w.out <- frame
+	return frame
+}
+
+// countShed tells the worker how many calls were shed here since it was last told.
+func (w *worker) countShed() {
+	if n := w.shed.Swap(0); n > 0 {
+		w.out <- callFrame(stateID, shedMethod, binary.BigEndian.AppendUint64(nil, n))
+	}
+}
+
+func (w *worker) call(ctx context.Context, method string, request []byte) (reply, error) {
+	id := atomic.AddUint64(&w.next, 1)
+	waiting := make(chan reply, 1)
+	w.mu.Lock()
+	w.pending[id] = waiting
+	w.mu.Unlock()
+	w.out <- callFrame(id, method, request)
 	select {
 	case r := <-waiting:
 		return r, nil
@@ -213,6 +241,15 @@ func (w *worker) handle(_ interface{}, stream grpc.ServerStream) error {
 	if full == infer {
 		if err := w.authorize(stream.Context()); err != nil {
 			return err
+		}
+		if r := w.full.Load(); r != nil { // shed unread: the worker's queue is full
+			w.shed.Add(1)
+			if len(r.header) > 0 {
+				if err := stream.SetHeader(r.header); err != nil {
+					return err
+				}
+			}
+			return status.Error(r.code, r.details)
 		}
 	}
 	var request message
@@ -296,6 +333,11 @@ func main() {
 	if *parent != 0 {
 		go watchParent(*parent)
 	}
+	go func() { // a queue that stays full still has its shed calls counted
+		for range time.Tick(time.Second) {
+			w.countShed()
+		}
+	}()
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	go func() {

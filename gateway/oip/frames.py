@@ -8,7 +8,13 @@
   pairs: the headers sent before a refusal, such as ``retry-after``.
 
 Requests and responses are the protocol's serialized protobuf messages; the front never parses
-them.
+them. Call id 0 is no call: it carries the serving queue's state, so that the front sheds
+``ModelInfer`` calls itself while the queue is full, before they are read or cross the link.
+
+* from the worker, an answer frame with id 0 is the queue's state: ``RESOURCE_EXHAUSTED`` with
+  the refusal's details and ``retry-after`` while it is full, ``OK`` once it has room again
+* to the worker, a call frame with id 0 and method ``shed`` counts the calls the front refused
+  so (``u64`` in the request bytes), for the worker's metrics
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ from collections.abc import Sequence
 
 CALL = struct.Struct(">IQB")
 ANSWER = struct.Struct(">IQBII")
+STATE = 0
+"""The call id of the queue-state frames (calls are numbered from 1)."""
+SHED = "shed"
+SHED_COUNT = struct.Struct(">Q")
 
 
 def answer_frame(

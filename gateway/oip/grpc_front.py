@@ -99,13 +99,38 @@ class Link(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        core = self.servicer.oip.get_core()
+        core.fullness.append(self.tell_full)
+        if core.served.batcher.full:
+            self.tell_full(True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        with contextlib.suppress(ValueError):
+            self.servicer.oip.get_core().fullness.remove(self.tell_full)
+
+    def tell_full(self, full: bool) -> None:
+        """Pass the queue's state to the front, which sheds ``ModelInfer`` calls itself while
+        it is full: a refused call then costs the worker nothing."""
+        if not full:
+            self.send(frames.STATE, grpc.StatusCode.OK, "")
+            return
+        core = self.servicer.oip.get_core()
+        _, refused = refusal(core, "ModelInfer", core.overload(), count=False)
+        self.send(frames.STATE, refused.code, refused.details, refused.header)
+
+    def count_shed(self, request: bytes) -> None:
+        (n,) = frames.SHED_COUNT.unpack(request)
+        core = self.servicer.oip.get_core()
+        core.metrics.safely(lambda: core.metrics.shed.labels(INFER).inc(n))
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         calls = frames.calls(self.buffer)
+        if any(call == frames.STATE for call, _, _ in calls):  # the front's count of shed calls
+            for _, _, request in (c for c in calls if c[:2] == (frames.STATE, frames.SHED)):
+                self.count_shed(request)
+            calls = [c for c in calls if c[0] != frames.STATE]
         infers = [(call, request) for call, method, request in calls if method == INFER]
         if infers:  # answered together: one task, one submission to the batcher
             self.start(self.answer_together(infers))

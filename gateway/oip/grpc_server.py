@@ -83,11 +83,15 @@ class Refused(Exception):
         self.code, self.details, self.header = code, details, header
 
 
-def refusal(core: GatewayCore, method: str, exc: Exception) -> tuple[int, Refused]:
+def refusal(
+    core: GatewayCore, method: str, exc: Exception, count: bool = True
+) -> tuple[int, Refused]:
     """The equivalent HTTP status (the metrics' label) and the gRPC refusal for ``exc``, an
-    :class:`Overloaded` or a :class:`GatewayError`; anything else is raised again."""
+    :class:`Overloaded` or a :class:`GatewayError`; anything else is raised again. A shed call
+    is counted unless ``count`` is false (the front's refusals are counted as it reports them)."""
     if isinstance(exc, Overloaded):
-        core.metrics.safely(lambda: core.metrics.shed.labels(SERVICE + method).inc())
+        if count:
+            core.metrics.safely(lambda: core.metrics.shed.labels(SERVICE + method).inc())
         header = (("retry-after", f"{exc.retry_after:.0f}"),)
         return 503, Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"overloaded: {exc}", header)
     if isinstance(exc, GatewayError):

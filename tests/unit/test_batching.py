@@ -121,3 +121,28 @@ async def test_weighted_items_fill_a_batch_up_to_the_total_weight() -> None:
     for batch in seen:  # within the limit, or a single item heavier than it
         assert sum(batch) <= 10 or len(batch) == 1
     assert any(len(batch) > 1 for batch in seen)
+
+
+async def test_listeners_hear_once_when_the_queue_fills_and_when_it_has_room() -> None:
+    heard: list[bool] = []
+    release = threading.Event()
+
+    def slow(xs: list[int]) -> list[int]:
+        release.wait(5)
+        return xs
+
+    batcher, _ = make(slow, max_batch_size=4, max_queue=8, on_full=heard.append)
+    batcher.start()
+    first = asyncio.ensure_future(batcher.submit([0, 1, 2, 3]))  # runs, holding the thread
+    await asyncio.sleep(0.05)
+    waiting = [asyncio.ensure_future(batcher.submit([i])) for i in range(8)]
+    await asyncio.sleep(0.05)
+    assert heard == [True]
+    assert batcher.full
+    with pytest.raises(Overloaded):
+        batcher.check_room()
+    release.set()
+    await asyncio.gather(first, *waiting)
+    assert heard == [True, False]
+    assert not batcher.full
+    await batcher.stop()

@@ -34,7 +34,9 @@ class Worker:
 
     reply: Callable[[str, bytes], Answer]
     seen: list[tuple[str, bytes]] = field(default_factory=list)
+    shed: list[int] = field(default_factory=list)  # the front's counts of calls it shed
     conn: socket.socket | None = None
+    sending: threading.Lock = field(default_factory=threading.Lock)
 
     def serve(self, listener: socket.socket) -> None:
         self.conn, _ = listener.accept()
@@ -42,9 +44,17 @@ class Worker:
         while data := self.conn.recv(1 << 16):
             buffer += data
             for call, method, request in frames.calls(buffer):
+                if call == frames.STATE:
+                    assert method == frames.SHED
+                    self.shed.append(frames.SHED_COUNT.unpack(request)[0])
+                    continue
                 self.seen.append((method, request))
-                code, details, header, body = self.reply(method, request)
-                self.conn.sendall(frames.answer_frame(call, code, details, header, body))
+                self.send(frames.answer_frame(call, *self.reply(method, request)))
+
+    def send(self, frame: bytes) -> None:
+        assert self.conn is not None
+        with self.sending:
+            self.conn.sendall(frame)
 
 
 @pytest.fixture
@@ -123,6 +133,40 @@ def test_refusals_keep_their_code_details_and_headers(
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert error.details() == "overloaded: 64 waiting"
         assert ("retry-after", "2") in error.initial_metadata()
+
+
+def test_while_the_queue_is_full_the_front_sheds_inference_unread_and_counts_it_back(
+    worker_socket: tuple[socket.socket, Path],
+) -> None:
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    calls: list[grpc.RpcError | None] = []
+
+    def refused() -> grpc.RpcError | None:
+        try:
+            infer(b"x", timeout=10)
+            calls.append(None)
+        except grpc.RpcError as error:
+            calls.append(error)
+        return calls[-1]
+
+    with running(*worker_socket, echo) as (worker, _, channel):
+        infer, live = channel.unary_unary(INFER), channel.unary_unary(LIVE)
+        full = frames.answer_frame(frames.STATE, exhausted, "overloaded", [("retry-after", "3")])
+        worker.send(full)
+        wait_until(lambda: refused() is not None, 10, "the front to shed")
+        for _ in range(20):
+            error = refused()
+            assert error is not None
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error.details() == "overloaded"
+            assert ("retry-after", "3") in error.initial_metadata()
+        assert live(b"", timeout=10) == LIVE.encode() + b":"  # only inference is shed
+        worker.send(frames.answer_frame(frames.STATE, 0))
+        wait_until(lambda: refused() is None, 10, "the front to pass calls on")
+        shed = sum(error is not None for error in calls)
+        wait_until(lambda: sum(worker.shed) == shed, 10, "the shed count")
+    answered = [method for method, _ in worker.seen if method == INFER]
+    assert len(answered) == len(calls) - shed  # a shed call never reached the worker
 
 
 def test_methods_of_other_services_are_unimplemented(
