@@ -1,20 +1,41 @@
-"""Test traffic: business objects from the pipelines' own generators, and a client that keeps
-calling a server while a test changes things under it."""
+"""Test traffic: business objects (two fixed loan applications, and the pipelines' own
+generators), the answers the champion gives them in-process, concurrent calls, and a client that
+keeps calling a server while a test changes things under it."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
 from typing import Any
 
 import httpx
+import mlflow
 import numpy as np
 import pandas as pd
 
 from trainers import pipelines
+from trainers.packaging import unwrap
 
 NUMPY = {"FP32": np.float32, "INT64": np.int64, "BOOL": np.bool_}
+APPLICATION = {
+    "income": 61000.0,
+    "age": 45,
+    "loan_amount": 15000.0,
+    "term_months": 36,
+    "employment_status": "self_employed",
+    "purpose": "home_improvement",
+    "existing_debt": 4000.0,
+}
+YOUNG = {
+    "income": 12000.0,
+    "age": 21,
+    "loan_amount": 25000.0,
+    "term_months": 60,
+    "employment_status": "student",
+    "purpose": "education",
+}
 
 
 def objects(rows: int, shift: float, seed: int) -> tuple[list[dict[str, Any]], list[int]]:
@@ -22,6 +43,34 @@ def objects(rows: int, shift: float, seed: int) -> tuple[list[dict[str, Any]], l
     labels = frame.pop("defaulted").astype(int).tolist()
     records = [{str(k): v for k, v in r.items() if pd.notna(v)} for r in frame.to_dict("records")]
     return records, labels
+
+
+def loan_variants(n: int) -> list[dict[str, Any]]:
+    frame = pipelines.get("loans").generate(n, 0.3, 11)
+    records = frame.drop(columns="defaulted").to_dict("records")
+    return [{str(k): v for k, v in r.items() if pd.notna(v)} for r in records]  # NaN → missing
+
+
+def direct_answers(uri: str, applications: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the loans champion at ``uri`` answers, computed in this process: the reference a
+    server's answers are held to."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    predictor = unwrap(mlflow.pyfunc.load_model("models:/loans@champion")).predictor
+    loans = pipelines.get("loans")
+    inputs = [loans.Input(**o) for o in applications]
+    return [a.model_dump() for a in predictor.predict_batch(inputs)]
+
+
+async def post_all(base: str, applications: list[dict[str, Any]]) -> list[httpx.Response]:
+    """One concurrent ``/predict`` call per application (what the batcher groups)."""
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+        return list(
+            await asyncio.gather(
+                *(client.post("/predict", json={"application": o}) for o in applications)
+            )
+        )
 
 
 def columns(

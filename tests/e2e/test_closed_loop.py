@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import FAST_LOANS, train_ok
 from tests.helpers import cli, metric_samples, run_controller, serve_gateway, wait_until
-from tests.integration.test_serving import documented_metrics
+from tests.monitoring import documented_metrics
 from tests.traffic import SteadyClient, objects
 
 WINDOW = 150

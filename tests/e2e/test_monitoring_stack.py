@@ -34,7 +34,7 @@ from tests.helpers import (
     serve_gateway,
     wait_until,
 )
-from tests.integration.test_deploy_assets import (
+from tests.monitoring import (
     DEPLOY,
     RULES,
     dashboard,

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.helpers import REPO, VENV_BIN, free_port, http_ok, process, serve_gateway, wait_until
-from tests.integration.test_serving import APPLICATION, YOUNG
+from tests.traffic import APPLICATION, YOUNG
 
 
 @pytest.fixture(scope="module")

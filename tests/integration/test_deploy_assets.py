@@ -4,33 +4,25 @@ the Grafana dashboard and provisioning files."""
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
-import pytest
-import yaml
-
 from tests.helpers import REPO
-from tests.integration.test_serving import documented_metrics
+from tests.monitoring import (
+    DASHBOARDS,
+    DEPLOY,
+    RULES,
+    dashboard,
+    documented_metrics,
+    load_yaml,
+    panel_queries,
+    tool,
+)
 
-DEPLOY = REPO / "deploy"
-RULES = DEPLOY / "rules" / "gateway.yml"
 RULE_TESTS = DEPLOY / "rules" / "gateway_test.yml"
-DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
 HISTOGRAM_SERIES = re.compile(r"_(bucket|sum|count)$")
-
-
-def tool(name: str) -> str:
-    """The path of a monitoring binary; a clear failure (never a skip) when it is missing."""
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"`{name}` is not on PATH: run `make tools` (Debian's prometheus packages)")
-    return found
 
 
 def run_tool(*args: str) -> str:
@@ -47,26 +39,10 @@ def run_tool(*args: str) -> str:
     return result.stdout
 
 
-def load_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text())
-
-
 def alert_rules() -> list[dict[str, Any]]:
     """Every alerting rule of ``deploy/rules/gateway.yml``."""
     groups = load_yaml(RULES)["groups"]
     return [rule for group in groups for rule in group["rules"] if "alert" in rule]
-
-
-def dashboard() -> dict[str, Any]:
-    found: dict[str, Any] = json.loads((DASHBOARDS / "lineage-gateway.json").read_text())
-    return found
-
-
-def panel_queries(board: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(panel title, expr)`` for every target of every panel (rows hold no queries)."""
-    panels = [p for p in board["panels"] if p["type"] != "row"]
-    panels += [p for row in board["panels"] if row["type"] == "row" for p in row["panels"]]
-    return [(panel["title"], target["expr"]) for panel in panels for target in panel["targets"]]
 
 
 def metric_names(expr: str) -> set[str]:

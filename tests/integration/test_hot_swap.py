@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import FAST_LOANS, Tracking, train_ok
 from tests.helpers import cli, metric_samples, serve_gateway, wait_until
-from tests.integration.test_serving import APPLICATION
+from tests.traffic import APPLICATION
 
 
 class Load:

@@ -18,7 +18,7 @@ from gateway.loader import load
 from gateway.metrics import GatewayMetrics
 from tests.conftest import FAST_LOANS, train_ok
 from tests.helpers import in_process_settings, metric_samples, wait_until
-from tests.integration.test_serving import APPLICATION, loan_variants
+from tests.traffic import APPLICATION, loan_variants
 from trainers.drift import compare
 
 

@@ -33,8 +33,7 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from tests.conftest import FAST_LOANS, TINY_REVIEWS, train_ok
 from tests.helpers import REPO, VENV_BIN, free_port, metric_samples, serve_gateway, wait_until
-from tests.integration.test_serving import APPLICATION
-from tests.traffic import columns
+from tests.traffic import APPLICATION, columns
 from trainers import pipelines
 
 SERVICE = "/inference.GRPCInferenceService/"

@@ -17,7 +17,7 @@ from gateway.loader import load
 from gateway.metrics import GatewayMetrics
 from tests.conftest import FAST_LOANS, train_ok
 from tests.helpers import in_process_settings, metric_samples
-from tests.integration.test_serving import APPLICATION
+from tests.traffic import APPLICATION
 
 
 class SlowDevice:

@@ -5,18 +5,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import mlflow
-import pandas as pd
 import pytest
 
 from tests.helpers import (
-    REPO,
     VENV_BIN,
     free_port,
     http_ok,
@@ -25,34 +22,8 @@ from tests.helpers import (
     serve_gateway,
     wait_until,
 )
-from trainers import pipelines
-from trainers.packaging import unwrap
-
-APPLICATION = {
-    "income": 61000.0,
-    "age": 45,
-    "loan_amount": 15000.0,
-    "term_months": 36,
-    "employment_status": "self_employed",
-    "purpose": "home_improvement",
-    "existing_debt": 4000.0,
-}
-YOUNG = {
-    "income": 12000.0,
-    "age": 21,
-    "loan_amount": 25000.0,
-    "term_months": 60,
-    "employment_status": "student",
-    "purpose": "education",
-}
-
-
-def direct_answers(uri: str, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    predictor = unwrap(mlflow.pyfunc.load_model("models:/loans@champion")).predictor
-    loans = pipelines.get("loans")
-    return [a.model_dump() for a in predictor.predict_batch([loans.Input(**o) for o in objects])]
+from tests.monitoring import documented_metrics
+from tests.traffic import APPLICATION, YOUNG, direct_answers, loan_variants, post_all
 
 
 def test_mlflow_models_serve_answers_the_same_artifact(trained: str, tmp_path: Path) -> None:
@@ -197,29 +168,13 @@ def test_gateway_refuses_bad_input_and_keeps_serving(
     assert ok.status_code == 200
 
 
-def loan_variants(n: int) -> list[dict[str, Any]]:
-    frame = pipelines.get("loans").generate(n, 0.3, 11)
-    records = frame.drop(columns="defaulted").to_dict("records")
-    return [{str(k): v for k, v in r.items() if pd.notna(v)} for r in records]  # NaN → missing
-
-
-async def _post_all(base: str, objects: list[dict[str, Any]]) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
-        return list(
-            await asyncio.gather(
-                *(client.post("/predict", json={"application": o}) for o in objects)
-            )
-        )
-
-
 def test_concurrent_calls_are_batched_and_answered_correctly(
     gateway: tuple[str, str], trained: str
 ) -> None:
     base, data = gateway
     objects = loan_variants(300)
     before = metric_samples(httpx.get(f"{base}/metrics").text, "gateway_batch_size_count")
-    responses = asyncio.run(_post_all(data, objects))
+    responses = asyncio.run(post_all(data, objects))
     assert [r.status_code for r in responses] == [200] * len(objects)
     expected = direct_answers(trained, objects)
     for response, answer in zip(responses, expected, strict=True):
@@ -262,13 +217,6 @@ def test_model_live_ready_and_every_documented_metric(gateway: tuple[str, str]) 
         assert not missing, f"documented but not exported on {url}: {missing}"
     info = metric_samples(httpx.get(f"{base}/metrics").text, "gateway_model_info")
     assert list(info.values()) == [1.0]
-
-
-def documented_metrics(heading: str) -> list[str]:
-    """The metric names in the docs' table under ``heading``."""
-    readme = "\n".join(p.read_text() for p in sorted((REPO / "docs").glob("*.md")))
-    section = readme.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
-    return re.findall(r"^\| `(gateway_[a-z_]+)`", section, re.M)
 
 
 def test_openapi_document_shows_the_business_schemas(gateway: tuple[str, str]) -> None:

@@ -23,7 +23,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from tests.conftest import FAST_LOANS, train_ok
 from tests.helpers import in_process_settings, metric_samples, serve_gateway, wait_until
-from tests.integration.test_serving import _post_all, direct_answers, loan_variants
+from tests.traffic import direct_answers, loan_variants, post_all
 
 
 class SlowForward:
@@ -150,7 +150,7 @@ def test_bentoml_workers_feed_one_device_batcher(shared_gateway: tuple[str, str,
     assert sorted(roles.values()) == [False, True]
 
     objects = loan_variants(300)
-    responses = asyncio.run(_post_all(data, objects))
+    responses = asyncio.run(post_all(data, objects))
     assert [r.status_code for r in responses] == [200] * len(objects)
     _same([r.json()["prediction"] for r in responses], direct_answers(uri, objects))
     text = httpx.get(f"{base}/metrics").text

@@ -17,8 +17,8 @@ from gateway.loader import load
 from gateway.metrics import GatewayMetrics
 from tests.conftest import FAST_LOANS, train_ok
 from tests.helpers import in_process_settings, metric_samples, wait_until
-from tests.integration.test_serving import APPLICATION, loan_variants
 from tests.services import Postgres, postgres
+from tests.traffic import APPLICATION, loan_variants
 
 
 @pytest.fixture
