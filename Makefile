@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # BentoML's usage analytics would try to reach the internet from every server start.
 export BENTOML_DO_NOT_TRACK = true
 
-.PHONY: install serve test lint bento bench soak bench-gpu tools proto grpc-front grpc-load k8s
+.PHONY: install serve test lint bento bench soak bench-gpu tools proto grpc-front grpc-load k8s settings-doc
 
 # torch first, pinned: the CPU wheel on local disk; an open range would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -104,6 +104,11 @@ tools:
 # The gRPC stubs of the Open Inference Protocol, checked in; a test fails when they are stale.
 proto: install
 	$(BIN)/python -m gateway.oip.proto
+
+# The settings' tables of docs/settings.md and README.md, made from the docstrings in
+# gateway/settings.py; a test fails while they are stale.
+settings-doc: install
+	$(BIN)/python -m gateway.settings_doc --write
 
 test: lint tools grpc-front grpc-load
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
