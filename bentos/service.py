@@ -24,7 +24,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.access import hide_secrets
-from gateway.batching import Overloaded
 from gateway.bundle import bundled, load_or_bundled
 from gateway.core import Answered, GatewayCore
 from gateway.errors import GatewayError
@@ -155,7 +154,7 @@ class Gateway:
         headers as on the data plane)."""
         try:
             answered = await answering
-        except (GatewayError, Overloaded) as exc:
+        except GatewayError as exc:
             refusal: Response = error_response(exc)
             ctx.response.status_code = refusal.status_code
             ctx.response.headers.update(

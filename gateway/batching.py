@@ -7,7 +7,8 @@ oldest item has waited ``max_wait_s`` — and, whenever a batch is running, ever
 meanwhile goes out together as soon as a slot is free (that is the adaptive part: the heavier
 the load, the bigger the batches, with no extra waiting). Nothing is dropped to meet a latency
 estimate: items wait their turn, and only when the queue itself is full does :meth:`submit`
-refuse new work with :class:`Overloaded`, which the HTTP layer turns into a 503 with Retry-After.
+refuse new work with :class:`~gateway.errors.Overloaded` (503 with Retry-After, gRPC
+``RESOURCE_EXHAUSTED``).
 """
 
 from __future__ import annotations
@@ -23,17 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from gateway.errors import Overloaded
+
 log = logging.getLogger(__name__)
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
-
-
-class Overloaded(Exception):
-    """The queue is full; the caller should come back after ``retry_after`` seconds."""
-
-    def __init__(self, queued: int, limit: int, retry_after: float) -> None:
-        super().__init__(f"{queued} items are queued (limit {limit}); retry in {retry_after:.1f} s")
-        self.retry_after = retry_after
 
 
 @dataclass

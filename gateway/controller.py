@@ -39,8 +39,8 @@ from gateway.errors import (
     GatewayError,
     InvalidInput,
     ModelUnavailable,
+    NotFound,
     StoreUnavailable,
-    Unavailable,
 )
 from gateway.http import bearer, error_response, json_body
 from gateway.loop import RetrainLoop
@@ -255,7 +255,7 @@ def create_app(controller: Controller) -> Starlette:
     def report(name: str) -> Path:
         path = settings.state_dir / "reports" / name
         if not path.is_file():
-            raise Unavailable("this controller has not evaluated a drift window yet")
+            raise NotFound("this controller has not evaluated a drift window yet")
         return path
 
     async def drift(request: Request) -> Response:

@@ -14,16 +14,17 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.batching import Batcher, BatchStats, Overloaded, check_outputs
+from gateway.batching import Batcher, BatchStats, check_outputs
 from gateway.device import Device, make_device
 from gateway.errors import (
     BadRequest,
+    Disabled,
     GatewayError,
     InvalidInput,
     InvalidTensor,
     ModelUnavailable,
+    Overloaded,
     StoreUnavailable,
-    Unavailable,
 )
 from gateway.metrics import GatewayMetrics, outcome_field
 from gateway.model import LoadedModel
@@ -246,7 +247,7 @@ class GatewayCore:
         """Ground truth for past answers: ``{"request_id": ..., "label": ...}`` or a list of
         them under ``feedback``."""
         if self.predictions is None:
-            raise Unavailable("feedback needs the prediction log (GATEWAY_LOG_PREDICTIONS)")
+            raise Disabled("feedback needs the prediction log (GATEWAY_LOG_PREDICTIONS)")
         limit = self.settings.max_bulk
         return record_feedback(
             self.predictions.store, self.served.model, payload, limit, self.metrics

@@ -19,15 +19,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.access import API_KEY_HEADER, bearer_token, check_secret, is_prediction
-from gateway.batching import Overloaded
 from gateway.core import GatewayCore, parse_json
 from gateway.errors import (
     AnswerTimeout,
+    Disabled,
     GatewayError,
+    Overloaded,
     PayloadTooLarge,
     RequestTimeout,
     Unauthorized,
-    Unavailable,
     UnsupportedMediaType,
 )
 from gateway.oip.rest import SUMMARIES as OIP_SUMMARIES
@@ -137,15 +137,14 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
-def error_response(exc: Exception) -> JSONResponse:
-    if isinstance(exc, Overloaded):
-        return AsciiJSONResponse(
-            {"error": f"overloaded: {exc}"},
-            status_code=503,
-            headers={"retry-after": str(max(1, round(exc.retry_after)))},
-        )
-    assert isinstance(exc, GatewayError)
-    headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+def error_response(exc: GatewayError) -> JSONResponse:
+    """The one mapping of a refusal to HTTP (the hierarchy is drawn in :mod:`gateway.errors`):
+    its status, its JSON body, and ``Retry-After`` or ``WWW-Authenticate`` where they apply."""
+    headers = {}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(int(exc.retry_after))
+    if isinstance(exc, Unauthorized):
+        headers["www-authenticate"] = "Bearer"
     return AsciiJSONResponse(exc.to_json(), status_code=exc.status_code, headers=headers)
 
 
@@ -156,7 +155,7 @@ def bearer(request: Request, token: str | None, what: str, *, open_without: bool
     if not token:
         if open_without:
             return
-        raise Unavailable(f"{what} is disabled (no token set)")
+        raise Disabled(f"{what} is disabled (no token set)")
     given = bearer_token(request.headers.get("authorization"))
     check_secret(given, token, f"a bearer token for {what}")
 
@@ -199,7 +198,7 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
                 response = error_response(
                     AnswerTimeout(f"no answer within {core.settings.request_timeout_s:g}s")
                 )
-            except (GatewayError, Overloaded) as exc:
+            except GatewayError as exc:
                 response = error_response(exc)
                 if isinstance(exc, Overloaded):
                     core.metrics.safely(lambda: core.metrics.shed.labels(name).inc())

@@ -32,7 +32,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2  # type: ignore[import-untyped]
 
-from gateway.batching import Overloaded
+from gateway.errors import Overloaded
 from gateway.oip import frames
 from gateway.oip import grpc_predict_v2_pb2 as pb
 from gateway.oip.grpc_server import (

@@ -25,9 +25,8 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2  # type: ignore[import-untyped]
 
 from gateway.access import API_KEY_HEADER, check_secret
-from gateway.batching import Overloaded
 from gateway.core import GatewayCore
-from gateway.errors import GatewayError, InvalidTensor
+from gateway.errors import GatewayError, InvalidTensor, Overloaded
 from gateway.oip import grpc_predict_v2_pb2 as pb
 from gateway.oip import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.oip.service import InferCall, Inference, Oip
@@ -43,18 +42,6 @@ REQUESTS = {  # each method's request message
 INFER = SERVICE + "ModelInfer"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 WATCH_POLL_S = 1.0
-CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-    503: grpc.StatusCode.UNAVAILABLE,
-}
 CONTENTS = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
@@ -84,20 +71,16 @@ class Refused(Exception):
 
 
 def refusal(
-    core: GatewayCore, method: str, exc: Exception, count: bool = True
+    core: GatewayCore, method: str, exc: GatewayError, count: bool = True
 ) -> tuple[int, Refused]:
-    """The equivalent HTTP status (the metrics' label) and the gRPC refusal for ``exc``, an
-    :class:`Overloaded` or a :class:`GatewayError`; anything else is raised again. A shed call
-    is counted unless ``count`` is false (the front's refusals are counted as it reports them)."""
-    if isinstance(exc, Overloaded):
-        if count:
-            core.metrics.safely(lambda: core.metrics.shed.labels(SERVICE + method).inc())
-        header = (("retry-after", f"{exc.retry_after:.0f}"),)
-        return 503, Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"overloaded: {exc}", header)
-    if isinstance(exc, GatewayError):
-        code = CODES.get(exc.status_code, grpc.StatusCode.INTERNAL)
-        return exc.status_code, Refused(code, exc.message)
-    raise exc
+    """The one mapping of a refusal to gRPC (the hierarchy is drawn in :mod:`gateway.errors`):
+    the equivalent HTTP status (the metrics' label) and the status code, details and
+    ``retry-after`` metadata. A shed call is counted unless ``count`` is false (the native
+    front's refusals are counted as it reports them)."""
+    if isinstance(exc, Overloaded) and count:
+        core.metrics.safely(lambda: core.metrics.shed.labels(SERVICE + method).inc())
+    header = () if exc.retry_after is None else (("retry-after", str(int(exc.retry_after))),)
+    return exc.status_code, Refused(grpc.StatusCode[exc.grpc_code], exc.message, header)
 
 
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -114,7 +97,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         status = 200
         try:
             return await answer()
-        except (Overloaded, GatewayError) as exc:
+        except GatewayError as exc:
             status, refused = refusal(core, method, exc)
             if refused.header:
                 await context.send_initial_metadata(refused.header)
@@ -146,8 +129,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             calls.append(InferCall(request.model_name, request.model_version, tensors, wanted))
             at.append(i)
         try:
-            inferred: list[Inference | Exception] = list(await self.oip.infer_together(calls))
-        except (Overloaded, GatewayError) as exc:
+            inferred: list[Inference | GatewayError] = list(await self.oip.infer_together(calls))
+        except GatewayError as exc:
             inferred = [exc] * len(calls)
         except Exception:
             elapsed = time.perf_counter() - started
@@ -156,13 +139,13 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             raise
         for i, result in zip(at, inferred, strict=True):
             outcomes[i] = (
-                result if isinstance(result, Exception) else _response(result, requests[i].id)
+                result if isinstance(result, GatewayError) else _response(result, requests[i].id)
             )
         elapsed = time.perf_counter() - started
         statuses: dict[int, int] = {}  # calls per status, each counted once per group
         for i, outcome in enumerate(outcomes):
             status = 200
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, GatewayError):
                 status, outcomes[i] = refusal(core, "ModelInfer", outcome)
             statuses[status] = statuses.get(status, 0) + 1
         for status, count in statuses.items():

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from gateway.batching import Batcher, BatchStats, Overloaded
+from gateway.batching import Batcher, BatchStats
+from gateway.errors import Overloaded
 
 pytestmark = pytest.mark.anyio
 
@@ -83,6 +84,7 @@ async def test_a_full_queue_refuses_with_retry_after_and_serves_the_rest() -> No
     await asyncio.sleep(0)
     with pytest.raises(Overloaded) as refused:
         await batcher.submit([99])
+    assert refused.value.retry_after is not None
     assert refused.value.retry_after >= 1
     gate.set()
     assert await first == [0]
