@@ -25,7 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.access import hide_secrets
 from gateway.bundle import bundled, load_or_bundled
-from gateway.core import Answered, GatewayCore
+from gateway.codecs import Answered, Typed
+from gateway.core import GatewayCore
 from gateway.errors import GatewayError
 from gateway.http import (
     DeclaredBodyLimit,
@@ -118,13 +119,14 @@ class Gateway:
         hide_secrets(settings)
         fail_fast_tracking()
         self.core = GatewayCore(self._load(settings), settings, GatewayMetrics())
+        self.typed = Typed(settings.max_bulk)
 
     @_api("/predict", KEY, CONTRACT.Input, Answer)
     async def predict(self, ctx: bentoml.Context, **objects: BaseModel) -> BaseModel | Response:
         """Answer one business object, with the model version and run that answered it."""
         return await self._reply(
             ctx,
-            self.core.answer_objects(list(objects.values())),
+            self.core.answer(self.typed, list(objects.values())),
             lambda a: Answer.model_construct(
                 None, prediction=a.answers[0], request_id=a.request_ids[0], **a.lineage
             ),
@@ -138,7 +140,7 @@ class Gateway:
         (given,) = objects.values()
         return await self._reply(
             ctx,
-            self.core.answer_objects(given),
+            self.core.answer(self.typed, given),
             lambda a: BulkAnswer.model_construct(
                 None, predictions=a.answers, request_ids=a.request_ids, **a.lineage
             ),

@@ -1,23 +1,23 @@
-"""The transport-agnostic core: business JSON in, answer with model lineage out."""
+"""The transport-agnostic core: a request, through its protocol's codec (:mod:`gateway.codecs`),
+becomes validated business objects; the core answers them in the served model's batches, with
+the model's lineage, logs them, and follows the registry alias to swap models."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import gc
-import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from gateway.batching import Batcher, BatchStats, check_outputs
+from gateway.codecs import Answered, Codec, bulk_key, expect_only
 from gateway.device import Device, make_device
 from gateway.errors import (
-    BadRequest,
     Disabled,
     GatewayError,
     InvalidInput,
@@ -35,25 +35,11 @@ from trainers.sqlstore import StoreError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")  # a protocol's request
+A = TypeVar("A")  # its reply
 Answer = tuple[BaseModel, str]  # an answered object and its request id
 MAX_BACKOFF_S = 30.0
 """The alias watcher's longest wait between reads while the registry cannot be read."""
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a valid JSON number")
-
-
-def parse_json(body: bytes, *, constants: bool = False) -> Any:
-    """Strict JSON: NaN and Infinity are refused (Python's json accepts them by default) unless
-    ``constants`` (OIP tensors, where NaN marks a missing optional number and a required field
-    refuses it by name)."""
-    try:
-        if constants:
-            return json.loads(body)
-        return json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: nested too deep
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
 
 
 class Served:
@@ -122,16 +108,6 @@ class Served:
         self.metrics.queue_depth.set(stats.queued_after)
 
 
-@dataclass(frozen=True)
-class Answered:
-    """Objects answered by one model, with their request ids (the keys of ``/feedback``)."""
-
-    model: LoadedModel
-    lineage: dict[str, str]
-    answers: list[BaseModel]
-    request_ids: list[str]
-
-
 class GatewayCore:
     """Validates business objects against the served pipeline and answers them in batches;
     follows the registry alias and swaps models without dropping a request."""
@@ -195,53 +171,36 @@ class GatewayCore:
         """The refusal of a request that finds the serving queue full."""
         return self.served.batcher.overload()
 
-    async def answer(self, validate: Callable[[LoadedModel], list[BaseModel]]) -> Answered:
-        """Validate with ``validate`` against the model serving now, answer the objects in its
-        batches and log them: the one path behind every protocol."""
-        (answered,) = await self.answer_together([validate])
-        if isinstance(answered, GatewayError):
-            raise answered
-        return answered
+    async def answer(self, codec: Codec[R, A], request: R) -> A:
+        """Answer ``request`` the one way every protocol is answered: ``codec`` decodes it
+        against the model serving now, its objects are answered in that model's batches (and
+        logged), and ``codec`` encodes the reply. A refusal raises."""
+        (reply,) = await self.answer_together(codec, [request])
+        if isinstance(reply, GatewayError):
+            raise reply
+        return reply
 
     async def answer_together(
-        self, validates: Sequence[Callable[[LoadedModel], list[BaseModel]]]
-    ) -> list[Answered | GatewayError]:
-        """:meth:`answer` for calls that arrived together: each call's objects are validated on
-        their own (a refusal is that call's answer alone), and all of them go to the batcher in
-        one submission. Overload and failed batches raise, for every call alike."""
+        self, codec: Codec[R, A], requests: Sequence[R]
+    ) -> list[A | GatewayError]:
+        """:meth:`answer` for requests that arrived together (the gRPC front reads many at
+        once): each is decoded on its own (a refusal is that request's reply alone), and all
+        their objects go to the batcher in one submission. Overload and failed batches raise,
+        for every request alike."""
         served = self.served
-        checked: list[list[BaseModel] | GatewayError] = []
-        for validate in validates:
-            try:
-                with self.metrics.timed("validate"):
-                    checked.append(self._checked(validate, served.model))
-            except GatewayError as exc:
-                checked.append(exc)
-        items = [item for objects in checked if isinstance(objects, list) for item in objects]
-        answered = await served.batcher.submit(items) if items else []
-        results: list[Answered | GatewayError] = []
-        start = 0
-        for objects in checked:
+        decoded = [self._decoded(codec, served.model, request) for request in requests]
+        items = [item for objects in decoded if isinstance(objects, list) for item in objects]
+        answered = iter(await served.batcher.submit(items) if items else [])
+        replies: list[A | GatewayError] = []
+        for request, objects in zip(requests, decoded, strict=True):
             if isinstance(objects, GatewayError):
-                results.append(objects)
+                replies.append(objects)
                 continue
-            part = answered[start : start + len(objects)]
-            start += len(objects)
+            part = [next(answered) for _ in objects]
             answers, ids = [answer for answer, _ in part], [rid for _, rid in part]
-            results.append(Answered(served.model, served.lineage, answers, ids))
-        return results
-
-    async def predict_one(self, payload: Any) -> dict[str, Any]:
-        return single(await self.answer(lambda model: [validate_one(model, payload)]))
-
-    async def predict_many(self, payload: Any) -> dict[str, Any]:
-        limit = self.settings.max_bulk
-        return bulk(await self.answer(lambda model: validate_many(model, payload, limit)))
-
-    async def answer_objects(self, objects: Sequence[BaseModel]) -> Answered:
-        """:meth:`answer` for objects a caller has validated already (BentoML's typed API)."""
-        limit = self.settings.max_bulk
-        return await self.answer(lambda model: retyped(model, objects, limit))
+            one = Answered(served.model, served.lineage, answers, ids)
+            replies.append(codec.encode(one, request))
+        return replies
 
     def feedback(self, payload: Any) -> dict[str, Any]:
         """Ground truth for past answers: ``{"request_id": ..., "label": ...}`` or a list of
@@ -253,12 +212,18 @@ class GatewayCore:
             self.predictions.store, self.served.model, payload, limit, self.metrics
         )
 
-    def _checked(self, validate: Callable[..., T], model: LoadedModel) -> T:
+    def _decoded(
+        self, codec: Codec[R, A], model: LoadedModel, request: R
+    ) -> list[BaseModel] | GatewayError:
+        """``request``'s objects, or its refusal (a field's refusal counted by field)."""
         try:
-            return validate(model)
+            with self.metrics.timed("validate"):
+                return codec.decode(model, request)
         except (InvalidInput, InvalidTensor) as exc:
             self.metrics.safely(functools.partial(self._count_refusal, exc, model))
-            raise
+            return exc
+        except GatewayError as exc:
+            return exc
 
     def _count_refusal(self, exc: InvalidInput | InvalidTensor, model: LoadedModel) -> None:
         for detail in exc.details:
@@ -397,28 +362,6 @@ def _from_registry(settings: GatewaySettings, version: str | None) -> LoadedMode
     return load(settings, version)
 
 
-def single(answered: Answered) -> dict[str, Any]:
-    """The business-JSON answer to one object."""
-    return {
-        "prediction": answered.answers[0].model_dump(mode="json"),
-        "request_id": answered.request_ids[0],
-        **answered.lineage,
-    }
-
-
-def bulk(answered: Answered) -> dict[str, Any]:
-    """The business-JSON answer to a list of objects."""
-    return {
-        "predictions": [a.model_dump(mode="json") for a in answered.answers],
-        "request_ids": answered.request_ids,
-        **answered.lineage,
-    }
-
-
-def bulk_key(model: LoadedModel) -> str:
-    return f"{model.input_key}s"
-
-
 REFUSAL_PLACES = frozenset({"body", "inputs", "outputs", "parameters"})
 """Where a refusal may point besides the model's own fields and keys: the whole body, or an
 Open Inference Protocol request's tensor lists."""
@@ -433,85 +376,10 @@ def refusal_label(model: LoadedModel, field: Any) -> str:
     return ".".join(p if p in known else "unknown" for p in parts) or "body"
 
 
-def _expect_only(payload: Any, key: str, what: str) -> Any:
-    if not isinstance(payload, Mapping):
-        raise InvalidInput(
-            f"expected a JSON object with the key {key!r}",
-            [{"field": "body", "message": f"expected an object, got {type(payload).__name__}"}],
-        )
-    extra = sorted(set(payload) - {key})
-    if key not in payload or extra:
-        raise InvalidInput(
-            f"expected exactly one key {key!r} holding {what}",
-            [{"field": k, "message": "unexpected key"} for k in extra]
-            or [{"field": key, "message": "field required"}],
-        )
-    return payload[key]
-
-
-def _validate(model: LoadedModel, value: Any, where: str) -> BaseModel:
-    try:
-        return model.input_model.model_validate(value)
-    except ValidationError as exc:
-        details = [
-            {
-                "field": ".".join(str(p) for p in (where, *err["loc"])),
-                "message": err["msg"],
-                "type": err["type"],
-            }
-            for err in exc.errors(include_url=False)
-        ]
-        raise InvalidInput(
-            f"invalid {model.input_model.__name__}: "
-            + "; ".join(f"{d['field']}: {d['message']}" for d in details),
-            details,
-        ) from exc
-
-
-def validate_one(model: LoadedModel, payload: Any) -> BaseModel:
-    key = model.input_key
-    return _validate(model, _expect_only(payload, key, f"a {model.input_model.__name__}"), key)
-
-
-def _counted(model: LoadedModel, values: Any, limit: int) -> list[Any]:
-    """``values`` when it is a list of 1 to ``limit`` objects; else the refusal, named by the
-    bulk key."""
-    if not isinstance(values, list) or not values or len(values) > limit:
-        key = bulk_key(model)
-        got = f"{len(values)} items" if isinstance(values, list) else type(values).__name__
-        raise InvalidInput(
-            f"{key} must be a list of 1 to {limit} objects, got {got}",
-            [{"field": key, "message": f"expected a list of 1 to {limit} objects, got {got}"}],
-        )
-    return values
-
-
-def validate_many(model: LoadedModel, payload: Any, limit: int) -> list[BaseModel]:
-    key = bulk_key(model)
-    values = _expect_only(payload, key, f"a list of {model.input_model.__name__}")
-    return [
-        _validate(model, value, f"{key}.{i}")
-        for i, value in enumerate(_counted(model, values, limit))
-    ]
-
-
-def retyped(model: LoadedModel, objects: Sequence[BaseModel], limit: int) -> list[BaseModel]:
-    """``objects``, validated elsewhere, as ``model``'s input class: the same objects when they
-    are of it, else validated again (a swap can bring another pipeline's class)."""
-    objects = _counted(model, list(objects), limit)
-    cls = model.input_model
-    if all(type(o) is cls for o in objects):
-        return objects
-    if len(objects) == 1:
-        return [_validate(model, objects[0].model_dump(), model.input_key)]
-    key = bulk_key(model)
-    return [_validate(model, o.model_dump(), f"{key}.{i}") for i, o in enumerate(objects)]
-
-
 def validate_feedback(model: LoadedModel, payload: Any, limit: int) -> list[tuple[str, Any]]:
     """``(request_id, label)`` pairs; the label must suit the pipeline's target."""
     if isinstance(payload, Mapping) and "feedback" in payload:
-        entries = _expect_only(payload, "feedback", "a list of {request_id, label} objects")
+        entries = expect_only(payload, "feedback", "a list of {request_id, label} objects")
         if not isinstance(entries, list) or not entries or len(entries) > limit:
             raise InvalidInput(
                 f"feedback must be a list of 1 to {limit} objects",

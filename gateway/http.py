@@ -19,7 +19,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.access import API_KEY_HEADER, bearer_token, check_secret, is_prediction
-from gateway.core import GatewayCore, parse_json
+from gateway.codecs import BusinessJson, parse_json
+from gateway.core import GatewayCore
 from gateway.errors import (
     AnswerTimeout,
     Disabled,
@@ -208,14 +209,13 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
 
         return wrapper
 
-    def predicting(
-        call: Callable[[GatewayCore, Any], Awaitable[dict[str, Any]]],
-    ) -> Endpoint:
+    def predicting(bulk: bool) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             core = get_core()
             core.shed_if_full()
             payload = await json_body(request, core.settings.max_body_bytes)
-            answer = await call(core, payload)
+            codec = BusinessJson(bulk, core.settings.max_bulk)
+            answer = await core.answer(codec, payload)
             headers = lineage_headers(answer)
             if "request_id" in answer:
                 headers["x-request-id"] = answer["request_id"]
@@ -254,8 +254,8 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
         return JSONResponse(await asyncio.to_thread(core.feedback, payload))
 
     predict_routes = {
-        ("/predict", "POST"): predicting(GatewayCore.predict_one),
-        ("/predict/bulk", "POST"): predicting(GatewayCore.predict_many),
+        ("/predict", "POST"): predicting(bulk=False),
+        ("/predict/bulk", "POST"): predicting(bulk=True),
     }
     routes = {
         **predict_routes,

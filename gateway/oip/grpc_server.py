@@ -1,11 +1,15 @@
 """The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService``, served by every
 Bento worker.
 
-BentoML 1.4 serves new-style services over HTTP only, so the gRPC server is the gateway's own: a
-``grpc.aio`` server on the worker's event loop, bound with ``SO_REUSEPORT`` like the HTTP data
-plane, so the workers share one port (the kernel spreads connections across them) and each feeds
-its own batcher. A gRPC client keeps one connection, so one client talks to one worker; open a
-channel per worker's worth of load to spread it.
+:class:`Servicer` answers the protocol's methods; ``ModelInfer`` goes to the core with the
+:class:`Protobuf` codec, and :func:`refusal` is the one mapping of a refusal to a gRPC status.
+Two servers carry it: by default each worker's native front, ``gateway-grpc``
+(:mod:`gateway.oip.grpc_front`), which passes the calls' bytes over a Unix socket; else
+(:class:`GrpcServer`) a ``grpc.aio`` server on the worker's event loop. Either binds the gRPC
+port with ``SO_REUSEPORT`` like the HTTP data plane, so the workers share one port (the kernel
+spreads connections across them) and each feeds its own batcher. A gRPC client keeps one
+connection, so one client talks to one worker; open a channel per worker's worth of load to
+spread it.
 
 Beside it, ``grpc.health.v1.Health`` (:class:`Health`): what Kubernetes' gRPC probes and
 ``grpc_health_probe`` call.
@@ -23,13 +27,16 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2  # type: ignore[import-untyped]
+from pydantic import BaseModel
 
 from gateway.access import API_KEY_HEADER, check_secret
+from gateway.codecs import Answered, InferCall, Inference, Tensors
 from gateway.core import GatewayCore
 from gateway.errors import GatewayError, InvalidTensor, Overloaded
+from gateway.model import LoadedModel
 from gateway.oip import grpc_predict_v2_pb2 as pb
 from gateway.oip import grpc_predict_v2_pb2_grpc as pb_grpc
-from gateway.oip.service import InferCall, Inference, Oip
+from gateway.oip.service import Oip
 from gateway.oip.tensors import Tensor, TensorSpec, from_buffer, to_buffer
 
 log = logging.getLogger(__name__)
@@ -112,41 +119,29 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def infer_together(self, requests: Sequence[Any]) -> list[bytes | Refused]:
         """ModelInfer for calls that arrived together (the native front reads them in one go):
-        one core submission for all their objects. Each call gets its serialized response or
-        its :class:`Refused`, and is counted on its own."""
+        one core submission for all their objects (:class:`Protobuf`). Each call gets its
+        serialized response or its :class:`Refused`, and is counted on its own."""
         core = self.oip.get_core()
         started = time.perf_counter()
-        outcomes: list[Any] = [None] * len(requests)  # each call's, filled in below
-        calls, at = [], []
-        for i, request in enumerate(requests):
-            try:
-                tensors = _inputs(request)
-            except InvalidTensor as exc:
-                outcomes[i] = exc
-                continue
-            asked = request.outputs
-            wanted = [o.name for o in asked] if asked else None
-            calls.append(InferCall(request.model_name, request.model_version, tensors, wanted))
-            at.append(i)
         try:
-            inferred: list[Inference | GatewayError] = list(await self.oip.infer_together(calls))
+            replies = await core.answer_together(Protobuf(core.settings.max_bulk), requests)
         except GatewayError as exc:
-            inferred = [exc] * len(calls)
+            replies = [exc] * len(requests)
         except Exception:
             elapsed = time.perf_counter() - started
             count = len(requests)
             core.metrics.safely(functools.partial(core.metrics.served, INFER, 500, elapsed, count))
             raise
-        for i, result in zip(at, inferred, strict=True):
-            outcomes[i] = (
-                result if isinstance(result, GatewayError) else _response(result, requests[i].id)
-            )
         elapsed = time.perf_counter() - started
+        outcomes: list[bytes | Refused] = []
         statuses: dict[int, int] = {}  # calls per status, each counted once per group
-        for i, outcome in enumerate(outcomes):
+        for reply in replies:
             status = 200
-            if isinstance(outcome, GatewayError):
-                status, outcomes[i] = refusal(core, "ModelInfer", outcome)
+            if isinstance(reply, GatewayError):
+                status, refused = refusal(core, "ModelInfer", reply)
+                outcomes.append(refused)
+            else:
+                outcomes.append(reply)
             statuses[status] = statuses.get(status, 0) + 1
         for status, count in statuses.items():
             served = functools.partial(core.metrics.served, INFER, status, elapsed, count)
@@ -256,6 +251,26 @@ class Health:
                 yield health_pb2.HealthCheckResponse(status=status)
                 sent = status
             await asyncio.sleep(WATCH_POLL_S)
+
+
+class Protobuf:
+    """The :class:`~gateway.codecs.Tensors` codec for ``ModelInferRequest`` messages: their
+    tensors in, the serialized ``ModelInferResponse`` out."""
+
+    def __init__(self, limit: int) -> None:
+        self.tensors = Tensors(limit)
+
+    def decode(self, model: LoadedModel, request: Any) -> list[BaseModel]:
+        return self.tensors.decode(model, _call(request, _inputs(request)))
+
+    def encode(self, answered: Answered, request: Any) -> bytes:
+        return _response(self.tensors.encode(answered, _call(request, ())), request.id)
+
+
+def _call(request: Any, tensors: Sequence[Tensor]) -> InferCall:
+    asked = request.outputs
+    wanted = [o.name for o in asked] if asked else None
+    return InferCall(request.model_name, request.model_version, tensors, wanted)
 
 
 def _inputs(request: Any) -> list[Tensor]:

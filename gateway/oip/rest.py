@@ -16,9 +16,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.core import parse_json
+from gateway.codecs import InferCall, Inference, Tensors, parse_json
 from gateway.errors import BadRequest, InvalidTensor, UnsupportedMediaType
-from gateway.oip.service import Inference, Oip
+from gateway.oip.service import Oip
 from gateway.oip.tensors import Tensor, flatten, from_buffer, to_buffer
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -91,7 +91,8 @@ def routes(
         request_id = payload.get("id")
         if isinstance(request_id, str):
             _text(request_id, "id")  # echoed in the answer
-        inference = await oip.infer(name, version, tensors, wanted)
+        codec = Tensors(core.settings.max_bulk)
+        inference = await core.answer(codec, InferCall(name, version, tensors, wanted))
         return _response(inference, request_id, binary_outputs, lineage_headers)
 
     model_routes: dict[str, Endpoint] = {
