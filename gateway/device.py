@@ -13,7 +13,8 @@ workers) and forms its own batches. What happens next depends on the arrangement
   its own copy when the owner is unreachable, lacks the version, or fails; it then tries to take
   the lock, so when the owner dies another worker becomes the owner.
 
-Features and results cross the socket as raw tensor bytes with a JSON header: nothing pickled.
+Features and results cross the socket as :func:`gateway.framing.message` bodies, raw tensor bytes
+after a JSON header: nothing pickled.
 """
 
 from __future__ import annotations
@@ -24,21 +25,21 @@ import json
 import logging
 import os
 import socket
-import struct
 import tempfile
 import threading
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.batching import Batcher, Overloaded
+from gateway import framing
+from gateway.batching import Batcher
+from gateway.errors import Overloaded
 from gateway.locks import release, try_lock
 from gateway.metrics import GatewayMetrics
 from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-PREFIX = struct.Struct("!II")  # header bytes, payload bytes
 KEEP_VERSIONS = 2  # the owner answers for the current version and the one before it
 
 
@@ -126,8 +127,9 @@ class Chunk:
     rows: int
 
 
-class Unavailable(Exception):
-    """The shared device did not answer this batch; ``reason`` is a fallback metric label."""
+class DeviceMiss(Exception):
+    """The shared device did not answer this batch (the worker answers it on its own copy);
+    ``reason`` is the fallback's metric label. Never a refusal: no client sees it."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -236,17 +238,17 @@ class SharedDevice:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One connection per worker; each sends one batch at a time."""
         try:
-            while True:
-                header, payload = await _read_frame(reader)
-                reply, data = await self._answer(header, payload)
-                _write_frame(writer, reply, data)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the worker went away
+            while (body := await framing.read_stream(reader)) is not None:
+                reply, data = await self._answer(*framing.parse_message(body))
+                await framing.write_stream(writer, *framing.message(reply, data))
+        except (EOFError, ConnectionError):
+            pass  # the worker went away, mid-frame
         finally:
             writer.close()
 
-    async def _answer(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+    async def _answer(
+        self, header: dict[str, Any], payload: memoryview
+    ) -> tuple[dict[str, Any], bytes]:
         predictor = self._models.get(str(header.get("version")))
         if predictor is None or self._batcher is None:
             return {"miss": "version"}, b""
@@ -265,10 +267,10 @@ class SharedDevice:
     def forward(self, model: LoadedModel, features: Any, rows: int) -> Any:
         try:
             return self._on_device(model, features, rows)
-        except Unavailable as exc:
+        except DeviceMiss as exc:
             reason = exc.reason
             log.warning("answering a batch of %d on this worker's copy (%s)", rows, exc)
-        except OSError as exc:
+        except (OSError, EOFError) as exc:  # EOFError: the owner died mid-frame
             reason = "unreachable"
             log.warning("shared device at %s unreachable (%s); answering locally", self.path, exc)
             self._close_client()
@@ -285,16 +287,20 @@ class SharedDevice:
             try:
                 return future.result(timeout=self.settings.device_timeout_s)[0]
             except Overloaded as exc:
-                raise Unavailable("error", str(exc)) from exc
+                raise DeviceMiss("error", str(exc)) from exc
         try:
             meta, data = encode(features)
         except TypeError as exc:
-            raise Unavailable("unsupported", str(exc)) from exc
+            raise DeviceMiss("unsupported", str(exc)) from exc
         sock = self._connect()
-        _send_frame(sock, {"version": model.version, "rows": rows, "features": meta}, data)
-        reply, payload = _recv_frame(sock)
+        header = {"version": model.version, "rows": rows, "features": meta}
+        framing.write(sock, *framing.message(header, data))
+        body = framing.read(sock)
+        if body is None:
+            raise ConnectionResetError("the shared device closed the connection")
+        reply, payload = framing.parse_message(body)
         if "miss" in reply:
-            raise Unavailable(str(reply["miss"]), str(reply.get("detail", "")))
+            raise DeviceMiss(str(reply["miss"]), str(reply.get("detail", "")))
         return decode(reply["raw"], payload)
 
     def _connect(self) -> socket.socket:
@@ -349,46 +355,12 @@ def encode(value: Any) -> tuple[dict[str, Any], bytes]:
     raise TypeError(f"cannot send {type(value).__name__} to the shared device")
 
 
-def decode(meta: dict[str, Any], data: bytes) -> Any:
+def decode(meta: dict[str, Any], data: framing.Bytes) -> Any:
+    """What :func:`encode` described, in memory of its own (``data`` may be a view of a frame)."""
     import numpy as np
     import torch
 
     if meta["kind"] == "json":
-        return json.loads(data)
+        return json.loads(bytes(data))
     array = np.frombuffer(bytearray(data), dtype=np.dtype(meta["dtype"])).reshape(meta["shape"])
     return torch.from_numpy(array) if meta["kind"] == "tensor" else array
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
-    sizes = await reader.readexactly(PREFIX.size)
-    header_len, payload_len = PREFIX.unpack(sizes)
-    header = json.loads(await reader.readexactly(header_len))
-    return header, await reader.readexactly(payload_len)
-
-
-def _write_frame(writer: asyncio.StreamWriter, header: dict[str, Any], payload: bytes) -> None:
-    head = json.dumps(header).encode()
-    writer.write(PREFIX.pack(len(head), len(payload)) + head)
-    writer.write(payload)
-
-
-def _send_frame(sock: socket.socket, header: dict[str, Any], payload: bytes) -> None:
-    head = json.dumps(header).encode()
-    sock.sendall(PREFIX.pack(len(head), len(payload)) + head)
-    sock.sendall(payload)
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionResetError("the shared device closed the connection")
-        buf += chunk
-    return bytes(buf)
-
-
-def _recv_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
-    header_len, payload_len = PREFIX.unpack(_recv_exactly(sock, PREFIX.size))
-    header = json.loads(_recv_exactly(sock, header_len))
-    return header, _recv_exactly(sock, payload_len)

@@ -7,9 +7,9 @@ priority, before any initializer can lower it. This process starts as ``python -
 gateway.lowprio``, lowers its priority before it imports anything, and only then loads what each
 call needs: pandas and Evidently, about 4.5 s of CPU once, then 0.02 s per window.
 
-Calls go one at a time over the child's stdin/stdout as length-prefixed pickles (functions by
-reference, so they must be importable module-level functions). A child that dies fails the call
-in flight; the next call starts a new one.
+Calls go one at a time over the child's stdin/stdout as pickles in :mod:`gateway.framing`'s
+frames (functions by reference, so they must be importable module-level functions). A child that
+dies fails the call in flight; the next call starts a new one.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import contextlib
 import os
 import pickle
 import queue
-import struct
 import subprocess
 import sys
 import threading
@@ -27,7 +26,8 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import IO, Any
 
-_HEADER = struct.Struct("<Q")
+from gateway import framing
+
 _Call = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 
@@ -42,20 +42,15 @@ def lowest_priority() -> None:
 
 
 def _send(stream: IO[bytes], payload: Any) -> None:
-    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
+    framing.write(stream, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _receive(stream: IO[bytes]) -> Any:
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
+    """The next pickle; ``EOFError`` where the other end closed its pipe, before or within it."""
+    body = framing.read(stream)
+    if body is None:
         raise EOFError("the low-priority process ended")
-    (size,) = _HEADER.unpack(header)
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError("the low-priority process ended mid-answer")
-    return pickle.loads(data)
+    return pickle.loads(body)
 
 
 class LowPriorityProcess(Executor):
@@ -151,8 +146,8 @@ def main() -> None:
             answer = (False, exc)
         try:
             _send(answers, answer)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            _send(answers, (False, RuntimeError(f"the answer could not be pickled: {exc!r}")))
+        except (pickle.PicklingError, TypeError, AttributeError, framing.FrameTooLarge) as exc:
+            _send(answers, (False, RuntimeError(f"the answer could not be sent: {exc!r}")))
 
 
 if __name__ == "__main__":
