@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -30,11 +31,35 @@ REQUEST_TIMEOUT = (
 )
 
 
-def deadline_protocol(base: type[asyncio.Protocol], idle_s: float, request_s: float) -> type:
+Refuse = Callable[[bytes, bytes], bytes | None]
+"""Given a request's method and target, the whole answer to send at once instead of running the
+app (a refusal), or None to run it."""
+
+
+class _Refused:
+    """The request cycle uvicorn's protocol keeps for a request refused before the app: already
+    complete, so the rest of its body is read and dropped."""
+
+    response_started = response_complete = True
+    keep_alive = True
+    disconnected = False
+
+    def __init__(self) -> None:
+        self.message_event = asyncio.Event()
+
+
+def deadline_protocol(
+    base: type[asyncio.Protocol], idle_s: float, request_s: float, refuse: Refuse | None = None
+) -> type:
     """``base`` (uvicorn's HTTP protocol) with two deadlines uvicorn lacks, so that slow or stuck
     clients cannot hold connections: a connection that starts no request within ``idle_s`` is
     closed, and a request whose head and body have not arrived ``request_s`` after it began gets
-    408 and its connection is closed. (uvicorn closes idle keep-alive connections itself.)"""
+    408 and its connection is closed. (uvicorn closes idle keep-alive connections itself.)
+
+    With ``refuse`` (and httptools), a request it refuses is answered as soon as its head is
+    parsed, without a request cycle, a task or the ASGI app: under a flood, shedding costs a
+    fraction of an answer, so the worker can refuse several times its capacity."""
+    before_app = refuse if refuse is not None and hasattr(base, "on_url") else None
 
     class Deadlines(base):  # type: ignore[misc, valid-type]
         _deadline: asyncio.TimerHandle | None = None
@@ -70,6 +95,21 @@ def deadline_protocol(base: type[asyncio.Protocol], idle_s: float, request_s: fl
         def on_message_complete(self) -> None:
             self._disarm()
             super().on_message_complete()
+
+        def on_headers_complete(self) -> None:
+            answer = None
+            cycle: Any = getattr(self, "cycle", None)  # the request before (pipelined: running)
+            if before_app is not None and (cycle is None or cycle.response_complete):
+                answer = before_app(self.parser.get_method(), self.url)
+            if answer is None:
+                super().on_headers_complete()
+                return
+            self.cycle = _Refused()
+            self.transport.write(answer)
+            if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
+                self.transport.close()
+            else:
+                self.on_response_complete()  # keep-alive, as after any answer
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -107,6 +147,7 @@ class DataPlane:
         *,
         keep_alive_s: float = 5.0,
         request_timeout_s: float = 30.0,
+        refuse: Refuse | None = None,
     ) -> None:
         base: type[asyncio.Protocol]
         if importlib.util.find_spec("httptools") is not None:
@@ -122,7 +163,7 @@ class DataPlane:
             lifespan="off",  # the Bento owns start-up and shutdown
             access_log=False,
             log_level="warning",
-            http=deadline_protocol(base, keep_alive_s, request_timeout_s),
+            http=deadline_protocol(base, keep_alive_s, request_timeout_s, refuse),
             loop="none",
             timeout_keep_alive=max(1, round(keep_alive_s)),
         )

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.access import API_KEY_HEADER, bearer_token, check_secret, is_prediction
 from gateway.codecs import BusinessJson, parse_json
 from gateway.core import GatewayCore
+from gateway.dataplane import Refuse
 from gateway.errors import (
     AnswerTimeout,
     Disabled,
@@ -116,6 +117,29 @@ class ShedWhenFull:
                 core.metrics.safely(lambda: core.metrics.served(route, 503, 0.0))
                 return
         await self.app(scope, receive, send)
+
+
+def shed_before_app(get_core: Callable[[], GatewayCore]) -> Refuse:
+    """:class:`ShedWhenFull` for the data plane's HTTP protocol, before any request cycle: a
+    prediction that arrives while the serving queue is full gets :func:`error_response`'s 503,
+    as bytes written straight to the connection, and is counted as ShedWhenFull counts it."""
+
+    def refuse(method: bytes, target: bytes) -> bytes | None:
+        core = get_core()
+        if not core.served.batcher.full or method != b"POST":
+            return None
+        path = target.split(b"?", 1)[0].decode("latin-1")
+        if not is_prediction("POST", path):
+            return None
+        response = error_response(core.overload())
+        route = _route_of(path)
+        core.metrics.safely(lambda: core.metrics.shed.labels(route).inc())
+        core.metrics.safely(lambda: core.metrics.served(route, 503, 0.0))
+        head = [b"HTTP/1.1 503 Service Unavailable"]
+        head += [name + b": " + value for name, value in response.raw_headers]
+        return b"\r\n".join(head) + b"\r\n\r\n" + bytes(response.body)
+
+    return refuse
 
 
 def _route_of(path: str) -> str:
@@ -274,7 +298,8 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         core = get_core()
         lean = Starlette(routes=[Route(p, h, methods=[m]) for (p, m), h in handlers.items()])
-        worker = Worker(core, ShedWhenFull(PredictionKey(lean, core.settings.api_key), get_core))
+        guarded = ShedWhenFull(PredictionKey(lean, core.settings.api_key), get_core)
+        worker = Worker(core, guarded, shed_before_app(get_core))
         try:
             await worker.start()
             shed_by = tuple(path for path, _ in predict_routes)  # the routes that can shed

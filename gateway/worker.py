@@ -21,7 +21,7 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from gateway.core import GatewayCore
-from gateway.dataplane import DataPlane
+from gateway.dataplane import DataPlane, Refuse
 from gateway.predlog import PredictionLog
 from gateway.store import Store
 from trainers.sqlstore import StoreError, redact
@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 
 class Worker:
     """The machinery of one serving worker around ``core``; ``lean`` is the app the data plane
-    serves."""
+    serves, ``refuse`` what it refuses before the app (:data:`gateway.dataplane.Refuse`)."""
 
-    def __init__(self, core: GatewayCore, lean: ASGIApp) -> None:
+    def __init__(self, core: GatewayCore, lean: ASGIApp, refuse: Refuse | None = None) -> None:
         self.core = core
         self.lean = lean
+        self.refuse = refuse
         self.store: Store | None = None
         self.predictions: PredictionLog | None = None
         self.plane: DataPlane | None = None
@@ -60,6 +61,7 @@ class Worker:
                 settings.data_port,
                 keep_alive_s=settings.keep_alive_s,
                 request_timeout_s=settings.request_timeout_s,
+                refuse=self.refuse,
             )
             await self.plane.start()
         if settings.grpc_port:

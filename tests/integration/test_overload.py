@@ -4,6 +4,8 @@ timeouts, and keeps answering once the load passes."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,22 +18,23 @@ from gateway.http import create_app
 from gateway.loader import load
 from gateway.metrics import GatewayMetrics
 from tests.conftest import FAST_LOANS, train_ok
-from tests.helpers import in_process_settings, metric_samples
+from tests.helpers import free_port, in_process_settings, metric_samples, wait_until
 from tests.traffic import APPLICATION
 
 
 class SlowDevice:
-    """The real predictor, with a device that takes 0.3 s per batch."""
+    """The real predictor, with a device that takes ``seconds`` (0.3) per batch."""
 
-    def __init__(self, predictor: Any) -> None:
+    def __init__(self, predictor: Any, seconds: float = 0.3) -> None:
         self.inner = predictor
         self.device = predictor.device
+        self.seconds = seconds
 
     def preprocess(self, inputs: Any) -> Any:
         return self.inner.preprocess(inputs)
 
     def forward(self, features: Any) -> Any:
-        time.sleep(0.3)
+        time.sleep(self.seconds)
         return self.inner.forward(features)
 
     def postprocess(self, raw: Any, inputs: Any) -> Any:
@@ -63,3 +66,56 @@ def test_excess_load_gets_503_with_retry_after(store: str, loans_data: Path) -> 
         assert client.post("/predict", json={"application": APPLICATION}).status_code == 200
         shed = metric_samples(client.get("/metrics").text, "gateway_requests_shed_total")
         assert shed['{endpoint="/predict"}'] == len(refused)
+
+
+def _exchange(sock: socket.socket, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request on a kept-alive connection, and its answer (status, headers, body)."""
+    head = (
+        b"POST /predict HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(body)
+    )
+    sock.sendall(head + body)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    raw_head, rest = data.split(b"\r\n\r\n", 1)
+    lines = raw_head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    while len(rest) < int(headers["content-length"]):
+        rest += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, rest
+
+
+def test_the_data_plane_sheds_before_the_app_and_keeps_the_connection(
+    store: str, loans_data: Path
+) -> None:
+    """While the queue is full, the data plane's HTTP protocol answers a prediction as soon as
+    its head is parsed (gateway.http.shed_before_app): the same 503 as everywhere, counted, the
+    body read and dropped, and the connection kept for the next request."""
+    train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
+    port = free_port()
+    settings = in_process_settings(store, max_batch_size=1, max_queue=1).model_copy(
+        update={"data_port": port, "data_host": "127.0.0.1"}
+    )
+    model = load(settings)
+    slow = dataclasses.replace(model, predictor=SlowDevice(model.predictor, seconds=1.5))
+    core = GatewayCore(slow, settings, GatewayMetrics())
+    body = json.dumps({"application": APPLICATION}).encode()
+    with TestClient(create_app(lambda: core)) as client, ThreadPoolExecutor(2) as pool:
+        running = pool.submit(client.post, "/predict", json={"application": APPLICATION})
+        time.sleep(0.5)  # the first request's batch runs (1.5 s); the next one fills the queue
+        assert not running.done()
+        queued = pool.submit(client.post, "/predict", json={"application": APPLICATION})
+        wait_until(lambda: core.served.batcher.full, 10, "the queue to fill")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            refused = [_exchange(sock, body) for _ in range(5)]  # one connection
+            assert [status for status, _, _ in refused] == [503] * 5
+            assert all(int(headers["retry-after"]) >= 1 for _, headers, _ in refused)
+            assert all(b"overloaded" in json.loads(text)["error"].encode() for *_, text in refused)
+            assert running.result().status_code == 200
+            assert queued.result().status_code == 200
+            status, headers, answer = _exchange(sock, body)  # the same connection, answered
+            assert status == 200, answer
+            assert json.loads(answer)["model_version"] == headers["x-model-version"]
+        shed = metric_samples(client.get("/metrics").text, "gateway_requests_shed_total")
+        assert shed['{endpoint="/predict"}'] == 5
