@@ -1,66 +1,91 @@
-"""``trainers``: train, retrain, promote, roll back, read lineage, list runs, write snapshots."""
+"""``trainers``: train, retrain, promote, roll back, read lineage, list runs, write snapshots.
+
+This module is the argument parser and nothing else at import: click and the standard library.
+MLflow, torch, pandas and rich cost seconds to import, so each command imports what it needs when
+it runs, and ``trainers --help`` answers at once. Each command gathers its facts into one
+JSON-ready payload; ``--json`` prints that payload and :mod:`trainers.cli_output` draws the same
+payload for people.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-from requests.exceptions import RequestException
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.tree import Tree
 
-from trainers import drift, lineage, pipelines, registry, traces, training
 from trainers.errors import RegistryError, TrainersError
 from trainers.redaction import hide_in_logs, url_password
-from trainers.snapshots import write_snapshot
-from trainers.sqlstore import StoreError, redact, scrub
-from trainers.tracking import connect, tracking_uri
 
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+    from trainers.training import TrainRequest, TrainResult
+
+DISTRIBUTION = "lineage-gateway"
 
 
-class _ProgressReporter:
-    """Draws one progress bar per run (epochs) plus a line per stage."""
+class _Group(click.Group):
+    """Turns :class:`TrainersError`, and what the tracking or shared store answers when it
+    refuses or cannot be reached, into one line and an exit code."""
 
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[metrics]}"),
-            TimeElapsedColumn(),
-            console=err,
-        )
-        self.task: Any = None
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TrainersError as exc:
+            _fail(str(exc), max(exc.exit_code, _failure_code(ctx)))
+        except Exception as exc:
+            message = _store_failure(exc, ctx.obj)
+            if message is None:
+                raise
+            _fail(message, _failure_code(ctx))
 
-    def __enter__(self) -> _ProgressReporter:
-        self.progress.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+def _failure_code(ctx: click.Context) -> int:
+    """1, except for `drift`, which says "drifted" with 1: its failures exit 2 (as `diff` does),
+    so a CI job gated on it tells drift from trouble."""
+    return 2 if ctx.invoked_subcommand == "drift" else 1
 
-    def start(self, pipeline: str, run_id: str, epochs: int) -> None:
-        err.print(f"run [cyan]{run_id}[/] ({pipeline})")
-        self.task = self.progress.add_task(f"{pipeline} epochs", total=epochs, metrics="")
 
-    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-        self.progress.update(self.task, completed=epoch, metrics=shown)
+def _store_failure(exc: Exception, explicit_uri: str | None) -> str | None:
+    """One line for an error the tracking store or the shared store answered with; ``None`` for
+    any other error. The error classes are looked up only among loaded modules: a module that was
+    never imported raised nothing, and importing MLflow here would slow down every refusal."""
+    if isinstance(exc, _loaded(("trainers.sqlstore", "StoreError"))):
+        return str(exc)
+    tracking = (
+        ("mlflow.exceptions", "MlflowException"),
+        ("requests.exceptions", "RequestException"),
+    )
+    if not isinstance(exc, _loaded(*tracking)):
+        return None
+    from trainers.sqlstore import redact, scrub
+    from trainers.tracking import tracking_uri
 
-    def stage(self, text: str) -> None:
-        self.progress.console.print(f"… {text}")
+    uri = tracking_uri(explicit_uri)
+    return scrub(f"tracking store {redact(uri)}: {_first_line(exc)}", uri)
+
+
+def _loaded(*names: tuple[str, str]) -> tuple[type[BaseException], ...]:
+    """The classes named ``(module, class)`` whose modules this process has imported."""
+    return tuple(getattr(sys.modules[m], c) for m, c in names if m in sys.modules)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _fail(message: str, code: int) -> None:
+    from trainers.cli_output import fail
+
+    fail(message, code)
 
 
 def _parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -73,31 +98,14 @@ def _parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
     return parsed
 
 
-class _Group(click.Group):
-    """Turns :class:`TrainersError`, and what the tracking or shared store answers when it
-    refuses or cannot be reached, into one line and an exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except TrainersError as exc:
-            _fail(str(exc), exc.exit_code)
-        except (MlflowException, RequestException) as exc:
-            uri = ctx.obj if isinstance(ctx.obj, str) else ""
-            _fail(scrub(f"tracking store {redact(uri)}: {_first_line(exc)}", uri), 1)
-        except StoreError as exc:
-            _fail(str(exc), 1)
+def _print_json(payload: Any) -> None:
+    """``--json``: the payload is all that stdout holds (progress and errors go to stderr)."""
+    click.echo(json.dumps(payload, indent=2, sort_keys=True))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
-def _fail(message: str, code: int) -> None:
-    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-    sys.exit(code)
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout instead."
+)
 
 
 @click.group(cls=_Group)
@@ -107,36 +115,60 @@ def _fail(message: str, code: int) -> None:
     default=None,
     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
 )
+@click.version_option(
+    package_name=DISTRIBUTION, prog_name="trainers", message="%(prog)s %(version)s"
+)
 @click.pass_context
 def main(ctx: click.Context, uri: str | None) -> None:
     """Train pipelines on business objects with full lineage in MLflow."""
     # MLflow's hints about dataset sources and integer columns do not apply: schemas are explicit.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
-    ctx.obj = tracking_uri(uri)
-    hide_in_logs([url_password(ctx.obj)])
+    # The URI as given: resolving the default needs trainers.tracking, which imports MLflow.
+    # The environment's URLs are hidden anyway (trainers.redaction reads them).
+    ctx.obj = uri
+    hide_in_logs([url_password(uri)])
 
 
 def _client(ctx: click.Context) -> MlflowClient:
-    return connect(ctx.obj)
+    from trainers.tracking import connect, tracking_uri
+
+    return connect(tracking_uri(ctx.obj))
 
 
-def _report(result: training.TrainResult) -> None:
-    gate = result.gate
-    colour = "green" if gate.decision == "promoted" else "yellow"
-    out.print(
-        f"{result.pipeline} v{result.version} (run {result.run_id}): "
-        f"test {gate.metric}={result.test_score:.4f}; gate [{colour}]{gate.decision}[/] — "
-        f"{gate.reason}",
-        highlight=False,
-        soft_wrap=True,
-    )
+def _run_training(ctx: click.Context, request: TrainRequest, as_json: bool) -> None:
+    from trainers import training
+    from trainers.cli_output import ProgressReporter
 
-
-def _run_training(ctx: click.Context, request: training.TrainRequest) -> None:
     client = _client(ctx)
-    with _ProgressReporter() as reporter:
+    with ProgressReporter() as reporter:
         result = training.train(client, request, reporter)
-    _report(result)
+    made = _trained(client, request, result)
+    if as_json:
+        _print_json(made)
+        return
+    from trainers.cli_output import show_training
+
+    show_training(made)
+
+
+def _trained(client: MlflowClient, request: TrainRequest, result: TrainResult) -> dict[str, Any]:
+    """What a run made: the model version, its scores, the gate's decision and its aliases."""
+    from trainers import registry
+
+    return {
+        "trained": True,
+        "pipeline": result.pipeline,
+        "model": result.pipeline,
+        "version": result.version,
+        "run_id": result.run_id,
+        "parent_run_id": request.parent_run_id,
+        "trigger": request.trigger,
+        "data_sha256": result.data_sha256,
+        "test_metric": result.gate.metric,
+        "test_score": result.test_score,
+        "gate": dataclasses.asdict(result.gate),
+        "aliases": registry.aliases_by_version(client, result.pipeline).get(result.version, []),
+    }
 
 
 _min_improvement = click.option(
@@ -157,6 +189,7 @@ _min_improvement = click.option(
 @click.option(
     "--unless-champion", is_flag=True, help="Do nothing if the pipeline already has a champion."
 )
+@_json_option
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -165,18 +198,35 @@ def train(
     params: tuple[str, ...],
     min_improvement: float,
     unless_champion: bool,
+    as_json: bool,
 ) -> None:
     """Train pipeline NAME, log it with lineage, register it and run the promotion gate."""
+    from trainers import pipelines, training
+
     pipelines.get(name)
-    if unless_champion:
-        champion = registry.alias_version(_client(ctx), name, registry.CHAMPION)
-        if champion is not None:
-            out.print(f"{name} already has a champion: v{champion.version}; not training")
-            return
+    if unless_champion and _has_champion(ctx, name, as_json):
+        return
     request = training.TrainRequest(
         pipeline=name, data=data, params=_parse_kv(params), min_improvement=min_improvement
     )
-    _run_training(ctx, request)
+    _run_training(ctx, request, as_json)
+
+
+def _has_champion(ctx: click.Context, name: str, as_json: bool) -> bool:
+    """``--unless-champion``: whether NAME has a champion already (then it says so)."""
+    from trainers import registry
+
+    champion = registry.alias_version(_client(ctx), name, registry.CHAMPION)
+    if champion is None:
+        return False
+    skipped = {"trained": False, "pipeline": name, "champion": str(champion.version)}
+    if as_json:
+        _print_json(skipped)
+        return True
+    from trainers.cli_output import show_skipped
+
+    show_skipped(skipped)
+    return True
 
 
 @main.command()
@@ -187,6 +237,7 @@ def train(
 @click.option("--trigger", default=None, help="Why this retrain happens (e.g. an alert id).")
 @click.option("--param", "params", multiple=True, metavar="K=V", help="Override a param.")
 @_min_improvement
+@_json_option
 @click.pass_context
 def retrain(
     ctx: click.Context,
@@ -195,8 +246,11 @@ def retrain(
     trigger: str | None,
     params: tuple[str, ...],
     min_improvement: float,
+    as_json: bool,
 ) -> None:
     """Repeat a run's recipe (pipeline, params, seed), on new data if given, then gate it."""
+    from trainers import training
+
     request = training.retrain_request(
         _client(ctx),
         run_id,
@@ -205,32 +259,53 @@ def retrain(
         min_improvement=min_improvement,
         overrides=_parse_kv(params),
     )
-    _run_training(ctx, request)
+    _run_training(ctx, request, as_json)
 
 
 @main.command()
 @click.argument("name")
 @click.argument("version")
+@_json_option
 @click.pass_context
-def promote(ctx: click.Context, name: str, version: str) -> None:
+def promote(ctx: click.Context, name: str, version: str, as_json: bool) -> None:
     """Make VERSION of NAME the champion, bypassing the gate."""
+    from trainers import registry
+
     previous = registry.promote(_client(ctx), name, version, by="manual")
-    was = f" (was v{previous.version})" if previous else ""
-    out.print(f"{name}: champion → v{version}{was}")
+    moved = {
+        "model": name,
+        "champion": version,
+        "previous_champion": None if previous is None else str(previous.version),
+    }
+    if as_json:
+        _print_json(moved)
+        return
+    from trainers.cli_output import show_promotion
+
+    show_promotion(moved)
 
 
 @main.command()
 @click.argument("name")
+@_json_option
 @click.pass_context
-def rollback(ctx: click.Context, name: str) -> None:
+def rollback(ctx: click.Context, name: str, as_json: bool) -> None:
     """Move NAME's champion back to the champion before it."""
+    from trainers import registry
+
     current, previous = registry.rollback(_client(ctx), name)
-    out.print(f"{name}: champion v{current} → v{previous}")
+    moved = {"model": name, "champion": previous, "previous_champion": current}
+    if as_json:
+        _print_json(moved)
+        return
+    from trainers.cli_output import show_rollback
+
+    show_rollback(moved)
 
 
 @main.command("lineage")
 @click.argument("ref")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead.")
+@_json_option
 @click.option(
     "--store",
     "store_url",
@@ -242,6 +317,9 @@ def rollback(ctx: click.Context, name: str) -> None:
 def lineage_cmd(ctx: click.Context, ref: str, as_json: bool, store_url: str | None) -> None:
     """Show where a model or an answer came from. REF is NAME@ALIAS, NAME/VERSION, a run id, or
     the request id of an answer (from any replica)."""
+    from trainers import lineage, registry, traces
+    from trainers.sqlstore import redact
+
     client = _client(ctx)
     url = store_url or traces.default_store_url()
     prediction = traces.find_prediction(url, ref) if traces.is_request_id(ref) else None
@@ -270,24 +348,11 @@ def lineage_cmd(ctx: click.Context, ref: str, as_json: bool, store_url: str | No
             "run": info.to_dict(),
             "loop": loop,
         }
-        click.echo(json.dumps(payload, indent=2, sort_keys=True))
+        _print_json(payload)
         return
-    if prediction is not None:
-        root = Tree(f"[bold]answer {prediction.request_id}[/] ({_when(int(prediction.ts * 1000))})")
-        root.add(f"object: {json.dumps(prediction.input, sort_keys=True)}")
-        root.add(f"answer: {json.dumps(prediction.output, sort_keys=True)}")
-        if prediction.label is not None:
-            root.add(f"ground truth: {json.dumps(prediction.label)}")
-        parent = root.add(f"[bold]{prediction.model} v{prediction.version}[/]")
-        _run_tree(parent, info.to_dict(), loop=loop)
-    elif version is not None:
-        aliases = ", ".join(sorted(version.aliases)) or "no alias"
-        root = Tree(f"[bold]{version.name} v{version.version}[/] ({aliases})")
-        _run_tree(root, info.to_dict(), loop=loop)
-    else:
-        root = Tree(f"[bold]run {run_id}[/]")
-        _run_tree(root, info.to_dict(), label=False, loop=loop)
-    out.print(root, highlight=False)
+    from trainers.cli_output import show_lineage
+
+    show_lineage(prediction, version, info.to_dict(), loop)
 
 
 @main.command("drift")
@@ -312,6 +377,7 @@ def lineage_cmd(ctx: click.Context, ref: str, as_json: bool, store_url: str | No
 @click.option(
     "--drift-share", default=0.5, show_default=True, help="Share of drifted columns = drift."
 )
+@_json_option
 @click.pass_context
 def drift_cmd(
     ctx: click.Context,
@@ -321,132 +387,91 @@ def drift_cmd(
     num_method: str,
     cat_method: str,
     drift_share: float,
+    as_json: bool,
 ) -> None:
     """Compare a snapshot with the reference sample of a model (REF: NAME@ALIAS, NAME/VERSION or
-    a run id), as the serving monitor does; write the HTML report."""
+    a run id), as the serving monitor does; write the HTML report.
+
+    Exits 1 when the snapshot drifted, 0 when it did not, and 2 when the command is refused or
+    fails (an unknown model, a tracking store out of reach), so that it can gate a CI job."""
+    from trainers import drift, registry
+    from trainers.cli_output import err, show_drift
+
     client = _client(ctx)
     _, run_id = registry.resolve(client, ref)
     options = drift.DriftOptions(num_method, cat_method, None, drift_share)
-    with out.status("comparing …"):
+    with err.status("comparing …"):
         result = drift.compare_snapshot(client, run_id, data_path, options, out_path)
-    table = Table(title=f"{ref} vs {data_path.name}: {result.describe()}")
-    for heading in ("column", "type", "test", "score", "threshold", "drifted"):
-        table.add_column(heading)
-    for c in result.columns:
-        mark = "[red]yes[/]" if c.drifted else "no"
-        table.add_row(c.column, c.kind, c.method, f"{c.score:.4g}", f"{c.threshold:.3g}", mark)
-    out.print(table)
-    out.print(f"report: {out_path.resolve()}")
-
-
-def _loop_tree(node: Tree, loop: dict[str, Any]) -> None:
-    alert, retrain = loop["alert"], loop["retrain"]
-    if alert is not None:
-        detail = alert["detail"]
-        window = (
-            f"drift window {detail.get('window')} (drift share {detail.get('share')})"
-            if alert["source"] == "monitor"
-            else f"labels {json.dumps(detail.get('labels', {}), sort_keys=True)}"
-        )
-        when = _when(int(alert["ts"] * 1000))
-        node.add(f"alert: {alert['key']} from {alert['source']} at {when}\n  {window}")
-    node.add(f"retrain: {retrain['result'] or 'running'} — {retrain['detail'] or ''}")
-
-
-def _run_tree(
-    parent: Tree, run: dict[str, Any], label: bool = True, loop: dict[str, Any] | None = None
-) -> None:
-    versions = ", ".join(f"v{v['version']}" for v in run["versions"]) or "unregistered"
-    node = (
-        parent.add(
-            f"run [cyan]{run['run_id']}[/] {run['status']} {_when(run['start_time'])} ({versions})"
-        )
-        if label
-        else parent
-    )
-    node.add("params: " + ", ".join(f"{k}={v}" for k, v in sorted(run["params"].items())))
-    node.add("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(run["metrics"].items())))
-    data = run["data"]
-    node.add(f"data: {data['source']}\n  sha256 {data['sha256']}  rows {data['rows']}")
-    code = run["code"]
-    node.add(
-        f"code: git {code['git_sha']} (dirty: {code['dirty']}) in {code['repo']}\n"
-        f"  pipeline source sha256 {code['pipeline_sha256']}"
-    )
-    env = run["environment"]
-    packages = ", ".join(f"{k} {v}" for k, v in sorted(env["packages"].items()))
-    node.add(f"environment: python {env['python']} on {env['platform']}\n  {packages}")
-    artifacts = node.add(
-        f"artifacts: {run['artifacts']['model_uri']}  manifest sha256 "
-        f"{run['artifacts']['manifest_sha256']}"
-    )
-    for path, digest in sorted(run["artifacts"]["sha256"].items()):
-        artifacts.add(f"{digest}  {path}")
-    gate = run["gate"]
-    if gate:
-        node.add(f"gate: {gate.get('decision')} — {gate.get('reason')}")
-    trigger = node.add(f"trigger: {run['trigger'] or 'initial training'}")
-    if loop is not None:
-        _loop_tree(trigger, loop)
-    if run["parent"] is not None:
-        _run_tree(node.add("parent"), run["parent"])
-    elif run["parent_run_id"]:
-        node.add(f"parent: {run['parent_run_id']} (not readable)")
-
-
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    payload = {
+        "ref": ref,
+        "run_id": run_id,
+        "data": str(data_path),
+        "report": str(out_path.resolve()),
+        "verdict": result.describe(),
+        **result.to_json(),
+    }
+    if as_json:
+        _print_json(payload)
+    else:
+        show_drift(payload)
+    if result.detected:
+        ctx.exit(1)
 
 
 @main.command()
 @click.argument("name")
 @click.option("--limit", default=50, show_default=True, help="Newest runs to show.")
+@_json_option
 @click.pass_context
-def runs(ctx: click.Context, name: str, limit: int) -> None:
+def runs(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
     """List NAME's runs, newest first, with version, aliases, score, data and gate."""
+    from trainers import pipelines
+
     pipeline = pipelines.get(name)
-    client = _client(ctx)
+    metric = pipeline.metric.name
+    listed = {"pipeline": name, "metric": metric, "runs": _runs(_client(ctx), name, metric, limit)}
+    if as_json:
+        _print_json(listed)
+        return
+    from trainers.cli_output import show_runs
+
+    show_runs(listed)
+
+
+def _runs(client: MlflowClient, name: str, metric: str, limit: int) -> list[dict[str, Any]]:
+    """NAME's newest runs, each with its version, aliases, ``test_<metric>``, data, parent and
+    gate."""
+    from trainers import lineage, registry
+
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        out.print(f"no runs for {name} yet")
-        return
+        return []
     versions = {mv.run_id: mv for mv in client.search_model_versions(f"name = '{name}'")}
     aliases = registry.aliases_by_version(client, name)
-    table = Table(title=f"{name} runs")
-    for column in (
-        "run",
-        "started",
-        "status",
-        "version",
-        "aliases",
-        f"test {pipeline.metric.name}",
-        "data sha256",
-        "rows",
-        "parent",
-        "trigger",
-        "gate",
-    ):
-        table.add_column(column)
+    found = []
     for run in client.search_runs(
         [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit
     ):
         tags = run.data.tags
         mv = versions.get(run.info.run_id)
-        score = run.data.metrics.get(f"test_{pipeline.metric.name}")
-        table.add_row(
-            run.info.run_id[:12],
-            _when(run.info.start_time),
-            run.info.status,
-            f"v{mv.version}" if mv else "",
-            ", ".join(aliases.get(str(mv.version), [])) if mv else "",
-            "" if score is None else f"{score:.4f}",
-            tags.get(lineage.DATA_SHA256, "")[:12],
-            tags.get(lineage.DATA_ROWS, ""),
-            tags.get(lineage.PARENT_RUN, "")[:12],
-            tags.get(lineage.TRIGGER, ""),
-            tags.get("gate.decision", ""),
+        version = None if mv is None else str(mv.version)
+        rows = tags.get(lineage.DATA_ROWS)
+        found.append(
+            {
+                "run_id": run.info.run_id,
+                "start_time": run.info.start_time,
+                "status": run.info.status,
+                "version": version,
+                "aliases": aliases.get(version, []) if version else [],
+                "test_score": run.data.metrics.get(f"test_{metric}"),
+                "data_sha256": tags.get(lineage.DATA_SHA256),
+                "rows": int(rows) if rows else None,
+                "parent_run_id": tags.get(lineage.PARENT_RUN),
+                "trigger": tags.get(lineage.TRIGGER),
+                "gate": tags.get("gate.decision"),
+            }
         )
-    out.print(table)
+    return found
 
 
 @main.command()
@@ -469,22 +494,48 @@ def runs(ctx: click.Context, name: str, limit: int) -> None:
     help="0 = the reference population, 1 = fully drifted.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
-def data(name: str, out_path: Path, rows: int | None, shift: float, seed: int) -> None:
+@_json_option
+def data(
+    name: str, out_path: Path, rows: int | None, shift: float, seed: int, as_json: bool
+) -> None:
     """Write a seeded demo snapshot of pipeline NAME."""
+    from trainers import pipelines
+    from trainers.snapshots import write_snapshot
+
     pipeline = pipelines.get(name)
     rows = rows or pipeline.default_rows
     frame = pipeline.generate(rows, shift, seed)
     meta = {"pipeline": name, "rows": rows, "shift": shift, "seed": seed}
-    digest = write_snapshot(frame, out_path, meta)
-    out.print(
-        f"wrote {rows} {name} rows (shift {shift}, seed {seed}) to {out_path}\nsha256 {digest}"
-    )
+    written = {**meta, "path": str(out_path), "sha256": write_snapshot(frame, out_path, meta)}
+    if as_json:
+        _print_json(written)
+        return
+    from trainers.cli_output import show_snapshot
+
+    show_snapshot(written)
 
 
 @main.command("pipelines")
-def list_pipelines() -> None:
+@_json_option
+def list_pipelines(as_json: bool) -> None:
     """List the pipelines that ship here."""
+    from trainers import pipelines
+
+    shipped = []
     for name in pipelines.available():
         p = pipelines.get(name)
-        gate = f"gate: {p.metric.name}, {p.metric.direction}"
-        out.print(f"{name}: {p.Input.__name__} → {p.Output.__name__} ({gate})")
+        shipped.append(
+            {
+                "name": name,
+                "input": p.Input.__name__,
+                "output": p.Output.__name__,
+                "metric": p.metric.name,
+                "direction": str(p.metric.direction),
+            }
+        )
+    if as_json:
+        _print_json(shipped)
+        return
+    from trainers.cli_output import show_pipelines
+
+    show_pipelines(shipped)

@@ -61,7 +61,7 @@ def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
     try:
         return client.get_model_version(name, version)
     except MlflowException as exc:
-        known = [v.version for v in client.search_model_versions(f"name = '{name}'")]
+        known = [str(v.version) for v in client.search_model_versions(f"name = '{name}'")]
         raise RegistryError(
             f"model {name!r} has no version {version!r}; versions: "
             f"{', '.join(sorted(known, key=int)) or 'none'}"
