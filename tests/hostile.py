@@ -18,9 +18,7 @@ answer must contain, i.e. the field, tensor or header it names. The few requests
 and are valid (a right-to-left mark in free text, NaN for a missing optional tensor) are kept
 apart, in each corpus's ``valid_http`` and ``valid_grpc``: they must be answered.
 
-The gRPC messages are built with tritonclient's generated modules, the ones the test process
-imports (protobuf keeps one pool of ``inference.*`` names per process; the gateway's own stubs
-live in the server).
+The gRPC messages are built with tritonclient's generated modules, as a client builds them.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ import numpy as np
 from pydantic import BaseModel
 from tritonclient.grpc import service_pb2
 
+from gateway.oip.grpc_server import CONTENTS
 from gateway.oip.tensors import NUMPY_TYPES, specs_of
 from trainers import pipelines
 
@@ -1282,22 +1281,7 @@ def wire_valid(t: Target) -> dict[str, list[Wire]]:
 
 
 # -- gRPC ----------------------------------------------------------------------------------------
-CONTENTS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-"""Where a typed ``InferTensorContents`` holds each datatype (FP16 has no field of its own;
-the same map as the server's, which cannot be imported beside tritonclient's protos)."""
+
 INVALID = frozenset({"INVALID_ARGUMENT"})
 NOT_FOUND = frozenset({"NOT_FOUND"})
 

@@ -2,6 +2,11 @@
 
 The stubs are checked in, so serving needs no code generator; a test regenerates them into a
 temporary directory and compares, so they cannot go stale.
+
+The messages are registered in a descriptor pool of their own, not protobuf's default one:
+other Open Inference Protocol stubs (tritonclient's, KServe's) declare the same ``inference.*``
+names, and the default pool refuses a second definition of a name, so with it the gateway and
+such a client could not be imported into one process.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PROTO = Path("gateway/oip/grpc_predict_v2.proto")
 GENERATED = ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2_pb2_grpc.py")
+DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+OWN_POOL = "DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile("
 
 
 def generate(out: Path) -> list[Path]:
@@ -31,6 +38,11 @@ def generate(out: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {PROTO}")
+    messages = out / PROTO.parent / GENERATED[0]
+    code = messages.read_text()
+    if DEFAULT_POOL not in code:
+        raise RuntimeError(f"protoc's {GENERATED[0]} no longer registers its file as expected")
+    messages.write_text(code.replace(DEFAULT_POOL, OWN_POOL))
     return [out / PROTO.parent / name for name in GENERATED]
 
 
