@@ -165,7 +165,10 @@ class GatewayCore:
 
     def _tell_full(self, full: bool) -> None:
         for listener in self.fullness:
-            listener(full)
+            try:
+                listener(full)
+            except Exception:  # one listener's failure keeps no other from hearing
+                log.exception("queue listener failed")
 
     def overload(self) -> Overloaded:
         """The refusal of a request that finds the serving queue full."""

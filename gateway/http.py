@@ -227,6 +227,10 @@ def create_app(get_core: Callable[[], GatewayCore]) -> Starlette:
                 response = error_response(exc)
                 if isinstance(exc, Overloaded):
                     core.metrics.safely(lambda: core.metrics.shed.labels(name).inc())
+            except Exception:  # answered 500 by the app; counted here like every other answer
+                elapsed = time.perf_counter() - started
+                core.metrics.safely(lambda: core.metrics.served(name, 500, elapsed))
+                raise
             elapsed = time.perf_counter() - started
             core.metrics.safely(lambda: core.metrics.served(name, response.status_code, elapsed))
             return response
