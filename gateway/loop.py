@@ -23,7 +23,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,8 @@ class RetrainLoop:
         store: Store,
         served: Callable[[], LoadedModel],
         follow: Callable[[], Awaitable[Any]],
+        *,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -61,6 +63,9 @@ class RetrainLoop:
         self.served = served
         self.follow = follow
         """Called once a retrain promoted its version (the controller loads it at once)."""
+        self.command = list(command) if command is not None else _trainers()
+        """The retrain's command before ``retrain --from-run …`` (default: ``python -m
+        trainers``)."""
         self.dir = settings.state_dir / "retrains"
         self._tasks: set[asyncio.Task[None]] = set()
         self._following: set[str] = set()  # retrains whose outcome this controller awaits
@@ -160,7 +165,7 @@ class RetrainLoop:
             return {"retrain": "skipped", "reason": str(exc)}
         logfile = self.dir / f"{trigger}.log"
         command = [
-            *_trainers(),
+            *self.command,
             "retrain",
             "--from-run",
             model.run_id,
