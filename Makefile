@@ -37,7 +37,7 @@ grpc-front: $(FRONT)
 
 # The bench's gRPC load generator (loadtests/grpcload/, Go): one core of it saturates a worker.
 LOAD := $(BIN)/gateway-grpc-load
-$(LOAD): loadtests/grpcload/main.go | $(FRONT)
+$(LOAD): loadtests/grpcload/main.go loadtests/grpcload/open.go | $(FRONT)
 	CGO_ENABLED=0 GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$(abspath build/go-cache)" \
 		go build -o $@ ./loadtests/grpcload
 

@@ -60,22 +60,39 @@ def program() -> str:
 
 
 def run(
-    target: str, seconds: float, concurrency: int, prefix: list[str] | None = None
+    target: str,
+    seconds: float,
+    concurrency: int,
+    prefix: list[str] | None = None,
+    *,
+    rate: float = 0,
+    http: str | None = None,
+    bodies: bytes | None = None,
+    record: Path | None = None,
+    connections: int = 4,
 ) -> dict[str, Any]:
     """One load run of ``loans_request()``, its command line after ``prefix`` where given (the
-    bench's ``taskset``, which keeps it on its own core)."""
+    bench's ``taskset``, which keeps it on its own core). With ``rate``, an open loop of that
+    many calls per second (``concurrency`` unused); with ``http``, posting ``bodies`` (JSON
+    documents, one per line) to that URL over at most ``connections`` connections, each answer
+    recorded in ``record`` where given."""
     args = [
         program(),
         "-target",
         target,
         "-seconds",
         str(seconds),
-        "-concurrency",
-        str(concurrency),
+        "-connections",
+        str(connections),
     ]
+    args += ["-concurrency", str(concurrency)] if not rate else ["-rate", str(rate)]
+    if http is not None:
+        args += ["-http", http]
+    if record is not None:
+        args += ["-record", str(record)]
     out = subprocess.run(
         [*(prefix or []), *args],
-        input=loans_request(),
+        input=loans_request() if bodies is None else bodies,
         capture_output=True,
         check=False,
     )

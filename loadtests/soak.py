@@ -10,8 +10,9 @@ fail the run (exit status 1).
   the short run's; each serving worker's RSS at the end within 5 % of its RSS after the short
   run; the prediction log's rows equal to the objects locust got answers for.
 - burst: a second server with a small ``GATEWAY_MAX_QUEUE``, loaded by wrk at saturation, then
-  with enough more connections for its queues to overflow (at least 3x the saturating load's),
-  then at saturation again; the same over gRPC with ``gateway-grpc-load``. Bounds: the excess
+  by calls arriving at 3x the measured capacity for 10 s (an open loop, ``gateway-grpc-load
+  -rate``: clients that do not wait for each other's answers, as a flood does), then at
+  saturation again; the same over gRPC with ``gateway-grpc-load``. Bounds: the excess
   is shed with 503 and Retry-After (gRPC: RESOURCE_EXHAUSTED) and nothing else fails; accepted
   calls' p99 stays within twice the p99 at saturation plus the time to answer a full queue at
   the rate answers keep during the burst (an admitted call waits for its queue, not for the
@@ -76,7 +77,8 @@ CAPACITY_S = 10
 POOL = 2000  # generated objects the wrk calls are drawn from
 P99_GROWTH = 2.0  # soak p99 / short run p99
 RSS_GROWTH = 0.05  # a worker's RSS, end / start - 1
-BURST_FACTOR = 3  # the burst's connections, at least, as a multiple of the saturating load's
+BURST_FACTOR = 3  # the burst's arrival rate, as a multiple of the measured capacity
+FLOOD = 512  # connections of the HTTP burst's open loop (calls due while all are busy wait)
 PROBES = 16  # wrk connections (one per thread) that time each accepted call in the burst
 RECOVERY_S = 5
 RECOVERY_SHARE = 0.9
@@ -707,7 +709,7 @@ class Burst:
     max_queue: int  # GATEWAY_MAX_QUEUE of this server
     batch: int  # GATEWAY_MAX_BATCH_SIZE
     steady: int
-    total: int
+    capacity: float  # calls/s answered at saturation before the burst (HTTP, wrk)
     before_s: float
     burst_s: float
     after_s: float
@@ -726,9 +728,8 @@ class Burst:
             f"bound on accepted calls' p99: 2 x (p99 before, {p99_before:.0f} ms, + "
             f"{drain_ms:.0f} ms to answer a full queue and a batch, "
             f"{self.max_queue + self.batch} objects per worker, at the burst's rate of answers) = "
-            f"{limit:.0f} ms. Closed loop: each connection sends its next call once the last is "
-            f"answered or shed, so the calls/s taken in are what the server reads; the burst is "
-            f"{self.total / self.steady:.1f}x the connections"
+            f"{limit:.0f} ms. Open loop: the burst's calls arrive at {BURST_FACTOR}x the capacity "
+            f"whatever the server answers, each timed from when it was due"
         )
 
 
@@ -739,33 +740,30 @@ def burst(store: str, work: Path, args: argparse.Namespace) -> list[Check]:
     server = gateway_server("gateway burst", store, args.workers, work / "bentoml-burst", [])
     server.env["GATEWAY_MAX_QUEUE"] = str(args.burst_max_queue)
     steady = CONNECTIONS + PROBES
-    # A worker sheds once more objects wait than GATEWAY_MAX_QUEUE, beside the batch it runs:
-    # with closed-loop clients (each waits for its answer) the burst needs more connections
-    # than that on every worker, twice over, and at least BURST_FACTOR times the steady load.
-    total = max(BURST_FACTOR * steady, 2 * args.workers * (args.burst_max_queue + batch))
     print(
         f"\nburst: {args.workers} worker(s), GATEWAY_MAX_QUEUE={args.burst_max_queue} per "
-        f"worker on this server (at the default, 2048, closed-loop clients would need over "
-        f"{args.workers * (2048 + batch):,} connections to reach it); steady load {steady} "
-        f"connections, burst {total} ({total / steady:.1f}x)",
+        f"worker on this server; steady load {steady} connections, and for the burst calls "
+        f"arriving at {BURST_FACTOR}x the capacity (an open loop)",
         flush=True,
     )
     calls = Shape(1).calls(generated(POOL, seed=12))
     with running(server, work / "burst-server.log") as started:
+        base = base_url(server.predict)
+        wrk_load(base, calls, 2, CONNECTIONS)  # warm-up
+        capacity, _, _, _ = wrk_load(base, calls, 3, CONNECTIONS)
         plan = Burst(
-            base_url(server.predict),
+            base,
             f"127.0.0.1:{server.env['GATEWAY_GRPC_PORT']}",
             started.pid,
             args.workers,
             args.burst_max_queue,
             batch,
             steady,
-            total,
+            capacity,
             before_s=5,
             burst_s=args.burst_seconds,
             after_s=8,
         )
-        wrk_load(plan.base, calls, 3, CONNECTIONS)  # warm-up
         http = http_burst(plan, calls, work)
         return judge_http(plan, http) + grpc_burst(plan)
 
@@ -774,7 +772,7 @@ def burst(store: str, work: Path, args: argparse.Namespace) -> list[Check]:
 class HttpBurst:
     steady: list[Response]  # of the steady load and the probes
     probes: list[Response]
-    extra: list[Response]  # of the burst's extra connections
+    extra: list[Response]  # of the burst's open loop
     socket_errors: Counter[str]  # connect, read, write, timeout
     marks: list[Mark]  # 1 s into the steady load, at the burst's start and end, then each
     # second after it
@@ -783,7 +781,7 @@ class HttpBurst:
 
 def http_burst(plan: Burst, calls: list[tuple[str, dict[str, Any]]], work: Path) -> HttpBurst:
     """Steady load (wrk, saturating) and probes (wrk, one connection per thread, so each call
-    is timed) from before to after the burst; the burst's extra connections in the middle."""
+    is timed) from before to after the burst; the burst's open loop in the middle."""
     length = plan.before_s + plan.burst_s + plan.after_s
     rusage = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.monotonic()
@@ -798,14 +796,16 @@ def http_burst(plan: Burst, calls: list[tuple[str, dict[str, Any]]], work: Path)
         marks = [Mark.now(plan)]
         time.sleep(max(0.0, began + plan.before_s - time.monotonic()))
         marks.append(Mark.now(plan))
-        extra = plan.total - plan.steady
-        runs["extra"] = start_wrk(plan.base, calls, plan.burst_s, extra, record=work / "extra.txt")
+        flood = threading.Thread(target=open_loop, args=(plan, calls, work / "extra.txt"))
+        flood.start()
         time.sleep(plan.burst_s)
         marks.append(Mark.now(plan))
         for _ in range(int(plan.after_s) - 1):
             time.sleep(max(0.0, marks[2].at + len(marks) - 2 - time.monotonic()))
             marks.append(Mark.now(plan))
         found = {name: run.finish(length + 60) for name, run in runs.items()}
+        flood.join()
+        found["extra"] = ("", read_responses(work / "extra.txt"))
     finally:
         for run in runs.values():
             run.stop()
@@ -821,9 +821,37 @@ def http_burst(plan: Burst, calls: list[tuple[str, dict[str, Any]]], work: Path)
     )
 
 
+def open_loop(plan: Burst, calls: list[tuple[str, dict[str, Any]]], record: Path) -> None:
+    """Calls posted at ``BURST_FACTOR`` times the capacity for the burst's length, whatever the
+    server answers (``gateway-grpc-load -http``), each answer recorded in ``record``."""
+    from loadtests.grpc_load import run
+
+    bodies = "".join(json.dumps(body) + "\n" for _, body in calls).encode()
+    url = plan.base + calls[0][0]
+    run(
+        "",
+        plan.burst_s,
+        0,
+        rate=BURST_FACTOR * plan.capacity,
+        http=url,
+        bodies=bodies,
+        record=record,
+        connections=FLOOD,
+    )
+
+
+def read_responses(record: Path) -> list[Response]:
+    responses = []
+    for line in record.read_text().splitlines():
+        at, status, ms, retry = line.split()
+        responses.append(Response(float(at), int(status), float(ms), retry == "1"))
+    return sorted(responses, key=lambda r: r.at)
+
+
 def judge_http(plan: Burst, run: HttpBurst) -> list[Check]:
     """The HTTP burst's table and checks: pre-burst capacity from the steady load's last
-    seconds before it, the burst from its extra connections' first to last answer."""
+    seconds before it, the burst from its open loop's first to last answer. Accepted calls are
+    timed by the probes (closed loop) and by the open loop (from when each call was due)."""
     start, end = run.extra[0].at, max(r.at for r in run.extra)
     window = plan.before_s - 1  # the steady load's first second left out
     before = [r for r in run.steady if start - window <= r.at < start]
@@ -832,7 +860,9 @@ def judge_http(plan: Burst, run: HttpBurst) -> list[Check]:
     capacity = sum(r.status == 200 for r in before) / window
     accepted = [r for r in run.probes if r.status == 200]
     p99_before = p99([r.ms for r in accepted if start - window <= r.at < start])
-    p99_during = p99([r.ms for r in accepted if start <= r.at <= end])
+    p99_probes = p99([r.ms for r in accepted if start <= r.at <= end])
+    p99_flood = p99([r.ms for r in run.extra if r.status == 200])
+    p99_during = max(p99_probes, p99_flood)
     answered = sum(r.status == 200 for r in during) / took
     limit, drain_ms = plan.limit_ms(answered, p99_before)
     after_s = int(plan.after_s) - 1
@@ -847,15 +877,17 @@ def judge_http(plan: Burst, run: HttpBurst) -> list[Check]:
         [b.cores_since(a) for a, b in itertools.pairwise(marks[2:])],
     )
     print(
-        f"\nHTTP burst (wrk, closed loop): {plan.steady} connections ({CONNECTIONS}, and "
-        f"{PROBES} that time each call), then {plan.total} for {took:.1f} s, then "
-        f"{plan.steady} again; wrk used {run.generator_cores:.2f} cores on average\n"
+        f"\nHTTP burst: wrk on {plan.steady} connections ({CONNECTIONS}, and {PROBES} that "
+        f"time each call) throughout, and for {took:.1f} s calls arriving at "
+        f"{BURST_FACTOR * plan.capacity:,.0f}/s ({BURST_FACTOR}x the capacity wrk measured, "
+        f"{plan.capacity:,.0f}/s); the generators used {run.generator_cores:.2f} cores on "
+        f"average\n"
     )
     after = [r for r in run.steady if end < r.at <= end + after_s]
     p99_after = p99([r.ms for r in accepted if end < r.at <= end + after_s])
 
     def phase(
-        name: str, flight: int, seconds: float, found: list[Response], p99_ms: float
+        name: str, flight: str, seconds: float, found: list[Response], p99_ms: float
     ) -> Phase:
         ok = sum(r.status == 200 for r in found)
         shed = sum(r.status == 503 for r in found)
@@ -863,11 +895,15 @@ def judge_http(plan: Burst, run: HttpBurst) -> list[Check]:
 
     print_phases(
         [
-            (phase("before", plan.steady, window, before, p99_before), marks[0], marks[1]),
-            (phase("burst", plan.total, took, during, p99_during), marks[1], marks[2]),
-            (phase("after", plan.steady, after_s, after, p99_after), marks[2], marks[-1]),
+            (phase("before", f"{plan.steady}", window, before, p99_before), marks[0], marks[1]),
+            (phase("burst", f"{plan.steady}+open", took, during, p99_during), marks[1], marks[2]),
+            (phase("after", f"{plan.steady}", after_s, after, p99_after), marks[2], marks[-1]),
         ],
         capacity,
+    )
+    print(
+        f"accepted calls' p99 in the burst: {p99_probes:.0f} ms (probes), {p99_flood:.0f} ms "
+        f"(the open loop's, from when each was due)"
     )
     print(recovery.describe())
     print(plan.explain(limit, p99_before, drain_ms))
@@ -899,7 +935,7 @@ class Phase:
     """Calls of one phase of a burst run: all, answered (ok), shed, and accepted calls' p99."""
 
     name: str
-    in_flight: int  # connections (HTTP) or calls in flight (gRPC)
+    in_flight: str  # connections (HTTP) or calls in flight (gRPC); open: an open loop's
     seconds: float
     calls: int
     ok: int
@@ -918,7 +954,7 @@ def print_phases(phases: list[tuple[Phase, Mark, Mark]], capacity: float) -> Non
     print(header)
     print("-" * len(header))
     for phase, since, until in phases:
-        rate = phase.calls / phase.seconds
+        rate = max(phase.calls / phase.seconds, 1e-9)
         cores, idle = until.cores_since(since)
         batches, waited = until.batching_since(since)
         print(
@@ -1018,14 +1054,16 @@ def p99(values: list[float]) -> float:
 
 
 def grpc_burst(plan: Burst) -> list[Check]:
-    """``gateway-grpc-load``: saturating before, ``total`` calls in flight for the burst, then
-    saturating again in 1-second runs (its throughput in each second after the burst)."""
+    """``gateway-grpc-load``: saturating before, calls arriving at ``BURST_FACTOR`` times that
+    capacity for the burst (open loop), then saturating again in 1-second runs (its throughput
+    in each second after the burst)."""
     from loadtests.grpc_load import run
 
     marks = [Mark.now(plan)]
     before = run(plan.grpc, plan.before_s, CONNECTIONS)
     marks.append(Mark.now(plan))
-    during = run(plan.grpc, plan.burst_s, plan.total)
+    rate = BURST_FACTOR * float(before["ok_per_s"])
+    during = run(plan.grpc, plan.burst_s, 0, rate=rate)
     marks.append(Mark.now(plan))
     buckets = []
     for _ in range(RECOVERY_S):
@@ -1042,19 +1080,21 @@ def grpc_burst(plan: Burst) -> list[Check]:
         [cores for _, cores in buckets],
     )
     print(
-        f"\ngRPC burst (gateway-grpc-load, closed loop, 4 connections): {CONNECTIONS} calls in "
-        f"flight, then {plan.total}, then {CONNECTIONS} again in 1-second runs\n"
+        f"\ngRPC burst (gateway-grpc-load, 4 connections): {CONNECTIONS} calls in flight, then "
+        f"calls arriving at {rate:,.0f}/s ({BURST_FACTOR}x; open loop; "
+        f"{during['offered_per_s']:,.0f}/s sent, {during['unsent']:,} not sent), then "
+        f"{CONNECTIONS} in flight again in 1-second runs\n"
     )
 
-    def phase(name: str, flight: int, found: dict[str, Any]) -> Phase:
+    def phase(name: str, flight: str, found: dict[str, Any]) -> Phase:
         calls = found["ok"] + found["errors"]
         shed = found["errors_by_code"].get("ResourceExhausted", 0)
         return Phase(name, flight, found["seconds"], calls, found["ok"], shed, found["p99_ms"])
 
     print_phases(
         [
-            (phase("before", CONNECTIONS, before), marks[0], marks[1]),
-            (phase("burst", plan.total, during), marks[1], marks[2]),
+            (phase("before", f"{CONNECTIONS}", before), marks[0], marks[1]),
+            (phase("burst", "open", during), marks[1], marks[2]),
         ],
         capacity,
     )

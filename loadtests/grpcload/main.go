@@ -1,11 +1,19 @@
-// gateway-grpc-load: a closed-loop gRPC load generator, the counterpart of wrk for gRPC.
+// gateway-grpc-load: a gRPC (and HTTP) load generator, the counterpart of wrk for gRPC.
 //
-// It keeps -concurrency calls of one method in flight over -connections HTTP/2 connections for
-// -seconds, each call sending the same request: the bytes of a serialized protobuf message,
-// read from standard input, so the generator never parses a message and spends its time on
-// the transport. It prints one JSON line: ok calls per second, p50 and p99 latency in ms, and
-// the failed calls by status code. Written in Go so that one core of load can saturate a
-// server: a Python gRPC client spends about as much CPU per call as the server does.
+// Closed loop (the default), it keeps -concurrency calls of one method in flight over
+// -connections HTTP/2 connections for -seconds, each call sending the same request: the bytes
+// of a serialized protobuf message, read from standard input, so the generator never parses a
+// message and spends its time on the transport. It prints one JSON line: ok calls per second,
+// p50 and p99 latency in ms, and the failed calls by status code. Written in Go so that one
+// core of load can saturate a server: a Python gRPC client spends about as much CPU per call as
+// the server does.
+//
+// Open loop (-rate R), call i starts at i/R seconds whatever the server does, and its latency
+// counts from then: the load of clients that do not wait for each other, which is what
+// overloads a server (a closed loop only ever offers what the server answers). With -http URL
+// it posts HTTP instead, over at most -connections connections: the JSON bodies on standard
+// input, one per line, in turn; -record FILE
+// then writes one line per answer (monotonic seconds, status, ms, whether Retry-After came).
 //
 //	python -c 'from loadtests.grpc_load import loans_request; import sys; sys.stdout.buffer.write(loans_request())' \
 //	    | gateway-grpc-load -target 127.0.0.1:3002 -seconds 20
@@ -41,6 +49,8 @@ func (rawCodec) Unmarshal(data []byte, v interface{}) error {
 func (rawCodec) Name() string { return "proto" }
 
 type result struct {
+	Offered float64        `json:"offered_per_s"`
+	Unsent  int            `json:"unsent"` // open loop: calls not started, -max-outstanding in flight
 	OkPerS  float64        `json:"ok_per_s"`
 	Ok      int            `json:"ok"`
 	P50Ms   float64        `json:"p50_ms"`
@@ -62,11 +72,26 @@ func main() {
 	seconds := flag.Float64("seconds", 20, "how long to load the server")
 	concurrency := flag.Int("concurrency", 64, "calls in flight")
 	connections := flag.Int("connections", 4, "HTTP/2 connections the calls are spread over")
+	rate := flag.Float64("rate", 0, "open loop: calls started per second (0: closed loop)")
+	outstanding := flag.Int("max-outstanding", 20000, "open loop: most calls in flight")
+	httpURL := flag.String("http", "", "open loop over HTTP: the URL to post the bodies to")
+	record := flag.String("record", "", "HTTP: write one line per answer to this file")
 	flag.Parse()
 	log.SetFlags(0)
 	body, err := io.ReadAll(os.Stdin)
 	if err != nil {
 		log.Fatalf("gateway-grpc-load: reading the request: %v", err)
+	}
+	if *rate > 0 {
+		var send func() outcome
+		if *httpURL != "" {
+			send = httpSender(*httpURL, body, *connections)
+		} else {
+			send = grpcSender(*target, *method, body, *connections)
+		}
+		outcomes, out := openLoop(send, *rate, *seconds, *outstanding)
+		report(outcomes, out, *record)
+		return
 	}
 	request := &message{data: body}
 	codec := grpc.ForceCodec(rawCodec{})
