@@ -33,19 +33,11 @@ from typing import Any
 import grpc
 import httpx
 
-from loadtests.bench import free_port, train
+from loadtests.bench import OBJECT, free_port, train
 from loadtests.grpc_load import loans_request
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTED = tuple(str(REPO / part) + os.sep for part in ("gateway", "bentos", "trainers"))
-APPLICATION = {
-    "income": 52000.0,
-    "age": 34,
-    "loan_amount": 12000.0,
-    "term_months": 36,
-    "employment_status": "employed",
-    "purpose": "car",
-}
 COMPREHENSIONS = ("<listcomp>", "<genexpr>", "<dictcomp>", "<setcomp>")
 Seen = set[tuple[str, str]]  # (module path, qualified name)
 
@@ -81,7 +73,7 @@ class Recorder:
 
 
 def post(port: int) -> None:
-    body = {"application": APPLICATION}
+    body = {"application": OBJECT}
     reply = httpx.post(f"http://127.0.0.1:{port}/predict", json=body, timeout=30)
     reply.raise_for_status()
 

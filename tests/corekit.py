@@ -28,6 +28,7 @@ from gateway.model import LoadedModel
 from gateway.settings import GatewaySettings
 from tests.fixtures.extra_pipelines.thermostat import PIPELINE as THERMOSTAT
 from tests.fixtures.extra_pipelines.thermostat import Advice, Reading
+from tests.traffic import APPLICATION
 from trainers.pipelines.loans import PIPELINE as LOANS
 from trainers.pipelines.loans import Decision, LoanApplication, LoanDecision
 
@@ -35,15 +36,6 @@ APPROVE_BELOW, DECLINE_ABOVE = 0.10, 0.30  # the loans pipeline's default thresh
 HELD_FOR_S = 5.0
 """The longest a held forward pass waits for :meth:`Held.release` before it fails."""
 
-APPLICATION: dict[str, Any] = {
-    "income": 61000.0,
-    "age": 45,
-    "loan_amount": 15000.0,
-    "term_months": 36,
-    "employment_status": "self_employed",
-    "purpose": "home_improvement",
-    "existing_debt": 4000.0,
-}
 SAFE = {**APPLICATION, "income": 200000.0, "loan_amount": 5000.0}  # risk 0.024: approve
 RISKY = {**APPLICATION, "income": 12000.0, "loan_amount": 25000.0}  # risk 0.68: decline
 
