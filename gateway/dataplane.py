@@ -94,6 +94,9 @@ def deadline_protocol(
 
         def on_message_complete(self) -> None:
             self._disarm()
+            if isinstance(getattr(self, "cycle", None), _Refused):  # answered, body read through:
+                self.on_response_complete()  # keep-alive, as after any answer
+                return
             super().on_message_complete()
 
         def on_headers_complete(self) -> None:
@@ -108,8 +111,6 @@ def deadline_protocol(
             self.transport.write(answer)
             if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
                 self.transport.close()
-            else:
-                self.on_response_complete()  # keep-alive, as after any answer
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -68,22 +68,37 @@ def test_excess_load_gets_503_with_retry_after(store: str, loans_data: Path) -> 
         assert shed['{endpoint="/predict"}'] == len(refused)
 
 
-def _exchange(sock: socket.socket, body: bytes) -> tuple[int, dict[str, str], bytes]:
-    """One request on a kept-alive connection, and its answer (status, headers, body)."""
+def _exchange(
+    sock: socket.socket, body: bytes, *, split: bool = False
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a kept-alive connection, and its answer (status, headers, body); with
+    ``split``, the body follows the head in a write of its own."""
     head = (
         b"POST /predict HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
         b"content-length: %d\r\n\r\n" % len(body)
     )
-    sock.sendall(head + body)
+    if split:
+        sock.sendall(head)
+        time.sleep(0.1)
+        sock.sendall(body)
+    else:
+        sock.sendall(head + body)
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        data += _received(sock)
     raw_head, rest = data.split(b"\r\n\r\n", 1)
     lines = raw_head.decode("latin-1").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
     while len(rest) < int(headers["content-length"]):
-        rest += sock.recv(65536)
+        rest += _received(sock)
     return int(lines[0].split()[1]), headers, rest
+
+
+def _received(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise ConnectionError("the server closed the connection")
+    return data
 
 
 def test_the_data_plane_sheds_before_the_app_and_keeps_the_connection(
@@ -91,31 +106,39 @@ def test_the_data_plane_sheds_before_the_app_and_keeps_the_connection(
 ) -> None:
     """While the queue is full, the data plane's HTTP protocol answers a prediction as soon as
     its head is parsed (gateway.http.shed_before_app): the same 503 as everywhere, counted, the
-    body read and dropped, and the connection kept for the next request."""
+    body read and dropped (also when it comes after the answer), the connection kept for the
+    next request, and closed once idle for GATEWAY_KEEP_ALIVE_S (5 s)."""
     train_ok(store, "loans", "--data", str(loans_data), *FAST_LOANS)
     port = free_port()
     settings = in_process_settings(store, max_batch_size=1, max_queue=1).model_copy(
         update={"data_port": port, "data_host": "127.0.0.1"}
     )
     model = load(settings)
-    slow = dataclasses.replace(model, predictor=SlowDevice(model.predictor, seconds=1.5))
+    slow = dataclasses.replace(model, predictor=SlowDevice(model.predictor, seconds=2))
     core = GatewayCore(slow, settings, GatewayMetrics())
     body = json.dumps({"application": APPLICATION}).encode()
     with TestClient(create_app(lambda: core)) as client, ThreadPoolExecutor(2) as pool:
         running = pool.submit(client.post, "/predict", json={"application": APPLICATION})
-        time.sleep(0.5)  # the first request's batch runs (1.5 s); the next one fills the queue
+        time.sleep(0.5)  # the first request's batch runs (2 s); the next one fills the queue
         assert not running.done()
         queued = pool.submit(client.post, "/predict", json={"application": APPLICATION})
         wait_until(lambda: core.served.batcher.full, 10, "the queue to fill")
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            refused = [_exchange(sock, body) for _ in range(5)]  # one connection
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+            socket.create_connection(("127.0.0.1", port), timeout=10) as idle,
+        ):
+            refused = [_exchange(sock, body, split=i == 2) for i in range(5)]  # one connection
             assert [status for status, _, _ in refused] == [503] * 5
             assert all(int(headers["retry-after"]) >= 1 for _, headers, _ in refused)
             assert all(b"overloaded" in json.loads(text)["error"].encode() for *_, text in refused)
+            assert _exchange(idle, body, split=True)[0] == 503
+            refused_at = time.monotonic()
             assert running.result().status_code == 200
             assert queued.result().status_code == 200
             status, headers, answer = _exchange(sock, body)  # the same connection, answered
             assert status == 200, answer
             assert json.loads(answer)["model_version"] == headers["x-model-version"]
+            assert idle.recv(1) == b""  # closed by the server once idle (its body came late)
+            assert time.monotonic() - refused_at < 9
         shed = metric_samples(client.get("/metrics").text, "gateway_requests_shed_total")
-        assert shed['{endpoint="/predict"}'] == 5
+        assert shed['{endpoint="/predict"}'] == 6
