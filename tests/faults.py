@@ -6,6 +6,7 @@ their command lines."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -427,7 +428,15 @@ class ClosingPort(threading.Thread):
         super().__init__(daemon=True)
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
+        deadline = time.monotonic() + 10  # a killed server's processes take a moment to exit
+        while True:
+            try:
+                self.sock.bind(("127.0.0.1", port))
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.sock.listen(64)
         self.sock.settimeout(0.1)
         self.attempts: list[float] = []

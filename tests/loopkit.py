@@ -141,9 +141,12 @@ def tracking_store(root: Path, name: str) -> MlflowClient:
     registered model ``name``, as ``trainers train`` leaves them (a few seconds: its schema)."""
     from mlflow import MlflowClient
 
+    from tests.helpers import forget_mlflow_globals  # here: the stand-in retrain runs this file
     from trainers.tracking import ensure_experiment
 
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    forget_mlflow_globals()  # a URI an earlier test set for this process is not this store's
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
     ensure_experiment(client, name)
     client.create_registered_model(name)
     return client
