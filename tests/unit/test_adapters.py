@@ -26,7 +26,6 @@ from gateway.errors import (
 from gateway.http import error_response
 from gateway.oip.tensors import from_buffer, to_buffer
 from tests.corekit import (
-    APPLICATION,
     RISKY,
     SAFE,
     Versions,
@@ -42,6 +41,7 @@ from tests.corekit import (
     sample,
     started,
 )
+from tests.traffic import APPLICATION
 
 pytestmark = pytest.mark.anyio
 INFER_PATH = "/v2/models/{name}/infer"

@@ -30,7 +30,8 @@ from gateway.errors import (
 )
 from gateway.model import LoadedModel
 from gateway.oip.tensors import Tensor
-from tests.corekit import APPLICATION, RISKY, SAFE, loans_model, thermostat_model
+from tests.corekit import RISKY, SAFE, loans_model, thermostat_model
+from tests.traffic import APPLICATION
 from trainers.pipelines.loans import LoanApplication, LoanDecision
 
 MODEL = loans_model("3")

@@ -19,7 +19,6 @@ from gateway.model import LoadedModel
 from gateway.oip.tensors import Tensor
 from gateway.settings import GatewaySettings
 from tests.corekit import (
-    APPLICATION,
     RISKY,
     SAFE,
     Versions,
@@ -33,6 +32,7 @@ from tests.corekit import (
     started,
     thermostat_model,
 )
+from tests.traffic import APPLICATION
 from trainers.pipelines.loans import LoanApplication
 
 pytestmark = pytest.mark.anyio
