@@ -112,9 +112,7 @@ class ShedWhenFull:
                 core.shed_if_full()
             except Overloaded as exc:
                 await error_response(exc)(scope, receive, send)
-                route = _route_of(scope["path"])
-                core.metrics.safely(lambda: core.metrics.shed.labels(route).inc())
-                core.metrics.safely(lambda: core.metrics.served(route, 503, 0.0))
+                _count_shed(core, _route_of(scope["path"]))
                 return
         await self.app(scope, receive, send)
 
@@ -132,14 +130,18 @@ def shed_before_app(get_core: Callable[[], GatewayCore]) -> Refuse:
         if not is_prediction("POST", path):
             return None
         response = error_response(core.overload())
-        route = _route_of(path)
-        core.metrics.safely(lambda: core.metrics.shed.labels(route).inc())
-        core.metrics.safely(lambda: core.metrics.served(route, 503, 0.0))
+        _count_shed(core, _route_of(path))
         head = [b"HTTP/1.1 503 Service Unavailable"]
         head += [name + b": " + value for name, value in response.raw_headers]
         return b"\r\n".join(head) + b"\r\n\r\n" + bytes(response.body)
 
     return refuse
+
+
+def _count_shed(core: GatewayCore, route: str) -> None:
+    """A prediction shed before the app, counted as shed and as a 503 of its route."""
+    core.metrics.safely(lambda: core.metrics.shed.labels(route).inc())
+    core.metrics.safely(lambda: core.metrics.served(route, 503, 0.0))
 
 
 def _route_of(path: str) -> str:

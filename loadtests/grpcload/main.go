@@ -147,19 +147,9 @@ func main() {
 		}
 	}
 	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
-	quantile := func(q float64) float64 {
-		if len(latencies) == 0 {
-			return 0
-		}
-		i := int(q * float64(len(latencies)))
-		if i >= len(latencies) {
-			i = len(latencies) - 1
-		}
-		return float64(latencies[i]) / float64(time.Millisecond)
-	}
 	out.Ok = len(latencies)
 	out.OkPerS = float64(out.Ok) / elapsed
-	out.P50Ms, out.P99Ms = quantile(0.5), quantile(0.99)
+	out.P50Ms, out.P99Ms = quantileMs(latencies, 0.5), quantileMs(latencies, 0.99)
 	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
 		log.Fatal(err)
 	}
